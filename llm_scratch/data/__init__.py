@@ -1,0 +1,31 @@
+"""Data: corpora, tokenizers, token caches, next-token datasets and the LightningDataModule."""
+
+from llm_scratch.data.corpora import CORPORA, cache_dir, corpus_path, data_dir, load_corpus
+from llm_scratch.data.datamodule import LMDataModule
+from llm_scratch.data.datasets import EpochShuffleSampler, RandomWindowDataset, SlidingWindowDataset
+from llm_scratch.data.token_cache import tokenize_cached
+from llm_scratch.data.tokenizers import (
+    BPETokenizer,
+    CharTokenizer,
+    Tokenizer,
+    build_tokenizer,
+    load_tokenizer,
+)
+
+__all__ = [
+    "CORPORA",
+    "BPETokenizer",
+    "CharTokenizer",
+    "EpochShuffleSampler",
+    "LMDataModule",
+    "RandomWindowDataset",
+    "SlidingWindowDataset",
+    "Tokenizer",
+    "build_tokenizer",
+    "cache_dir",
+    "corpus_path",
+    "data_dir",
+    "load_corpus",
+    "load_tokenizer",
+    "tokenize_cached",
+]

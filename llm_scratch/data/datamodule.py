@@ -1,0 +1,260 @@
+"""LightningDataModule for next-token prediction over one corpus (built by Hydra from plain args)."""
+
+from __future__ import annotations
+
+import numbers
+import os
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader, Dataset
+
+from llm_scratch.data.corpora import CORPORA, load_corpus
+from llm_scratch.data.corpora import default_prompt as _corpus_prompt
+from llm_scratch.data.datasets import EpochShuffleSampler, RandomWindowDataset, SlidingWindowDataset
+from llm_scratch.data.token_cache import tokenize_cached
+from llm_scratch.data.tokenizers import CharTokenizer, Tokenizer, build_tokenizer
+from llm_scratch.errors import UserError
+
+SAMPLINGS = ("sliding", "random")
+
+
+def _positive_int(name: str, value: object, allow_none: bool = False, minimum: int = 1) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        what = "an integer >= 0" if minimum == 0 else "a positive integer"
+        none = " or null" if allow_none else ""
+        raise UserError(f"data.{name} must be {what}{none}, got {value!r}; fix it in the config.")
+
+
+class LMDataModule(L.LightningDataModule):
+    """Train/validation next-token windows over one corpus.
+
+    ``corpus`` is a named corpus (``verdict``, ``shakespeare``), a path to a text file or to a
+    folder of ``.txt`` files, or ``"text"`` with the file or folder in ``path``. ``tokenizer`` is
+    ``"char"`` or a tiktoken encoding name. The token stream is split contiguously: the first
+    ``1 - val_fraction`` for training, the rest for validation.
+
+    ``sampling="sliding"`` trains on windows at ``stride`` (default ``context_length``), exact
+    epochs; ``sampling="random"`` trains on ``samples_per_epoch`` windows at random offsets
+    (nanoGPT style; default: as many windows as a non-overlapping pass). Validation always uses
+    non-overlapping windows in order, so it is deterministic and comparable between settings.
+
+    ``vocab_size`` (and ``tokenizer``) can be read before the Trainer runs; for the char tokenizer
+    that loads the corpus text (downloading a named corpus if needed).
+    """
+
+    def __init__(
+        self,
+        corpus: str = "verdict",
+        tokenizer: str = "gpt2",
+        context_length: int = 256,
+        stride: int | None = None,
+        batch_size: int = 8,
+        val_fraction: float = 0.1,
+        sampling: str = "sliding",
+        samples_per_epoch: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        data_dir: str | None = None,
+        cache_dir: str | None = None,
+        seed: int = 1337,
+        path: str | None = None,
+    ) -> None:
+        super().__init__()
+        corpus = os.fspath(corpus) if corpus is not None else corpus
+        if not isinstance(corpus, str) or not corpus:
+            raise UserError(
+                f"data.corpus must be a corpus name ({', '.join(CORPORA)}), 'text' or a path, "
+                f"got {corpus!r}."
+            )
+        if corpus == "text" and not path:
+            raise UserError(
+                "data.corpus is 'text' but data.path is not set; set data.path to a text file or "
+                "a folder of .txt files."
+            )
+        if not isinstance(tokenizer, str) or not tokenizer:
+            raise UserError(
+                f"data.tokenizer must be 'char' or a tiktoken encoding name, got {tokenizer!r}."
+            )
+        _positive_int("context_length", context_length)
+        _positive_int("stride", stride, allow_none=True)
+        _positive_int("batch_size", batch_size)
+        _positive_int("samples_per_epoch", samples_per_epoch, allow_none=True)
+        _positive_int("num_workers", num_workers, minimum=0)
+        if (
+            isinstance(val_fraction, bool)
+            or not isinstance(val_fraction, numbers.Real)
+            or not 0 < val_fraction < 1
+        ):
+            raise UserError(
+                f"data.val_fraction must be a number strictly between 0 and 1, got "
+                f"{val_fraction!r}; e.g. 0.1 keeps the last 10% of the tokens for validation."
+            )
+        if sampling not in SAMPLINGS:
+            raise UserError(
+                f"data.sampling must be one of {', '.join(SAMPLINGS)}, got {sampling!r}."
+            )
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise UserError(f"data.seed must be an integer, got {seed!r}.")
+
+        self.corpus = corpus
+        self.path = path
+        self.tokenizer_name = tokenizer
+        self.context_length = int(context_length)
+        self.stride = int(stride) if stride is not None else self.context_length
+        self.batch_size = int(batch_size)
+        self.val_fraction = float(val_fraction)
+        self.sampling = sampling
+        self.samples_per_epoch = None if samples_per_epoch is None else int(samples_per_epoch)
+        self.num_workers = int(num_workers)
+        self.pin_memory = bool(pin_memory)
+        self.shuffle = bool(shuffle)
+        self.drop_last = bool(drop_last)
+        self.data_dir = data_dir
+        self.cache_dir = cache_dir
+        self.seed = int(seed)
+
+        self._text: str | None = None
+        self._tokenizer: Tokenizer | None = None
+        self._tokens: np.ndarray | None = None
+        self.train_dataset: Dataset | None = None
+        self.val_dataset: Dataset | None = None
+        self.train_sampler: EpochShuffleSampler | None = None
+        self._prepared = False
+
+    # ----------------------------------------------------------------- corpus and tokenizer
+    @property
+    def source(self) -> str:
+        """The corpus name or path passed to :func:`load_corpus`."""
+        return self.path if self.corpus == "text" else self.corpus
+
+    @property
+    def is_named_corpus(self) -> bool:
+        return self.source in CORPORA
+
+    def _load_text(self, download: bool = True) -> str:
+        if self._text is None:
+            self._text = load_corpus(
+                self.source, data_dir=self.data_dir, cache_dir=self.cache_dir, download=download
+            )
+        return self._text
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer, built on first use (the char one loads the corpus text for its vocabulary)."""
+        if self._tokenizer is None:
+            text = self._load_text() if self.tokenizer_name == "char" else None
+            self._tokenizer = build_tokenizer(self.tokenizer_name, text)
+        return self._tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.tokenizer.eos_id
+
+    @property
+    def default_prompt(self) -> str:
+        """Prompt for sample generation: the book's for verdict, ``ROMEO:`` for shakespeare."""
+        prompt = _corpus_prompt(self.source)
+        if self.tokenizer_name == "char" and not self.is_named_corpus:
+            tok = self.tokenizer
+            assert isinstance(tok, CharTokenizer)
+            if not set(prompt) <= set(tok.chars):
+                return self._load_text()[:1]  # a char the vocabulary surely has
+        return prompt
+
+    # ----------------------------------------------------------------- Lightning hooks
+    def prepare_data(self) -> None:
+        """Download the corpus if needed and fill the token cache (Lightning: once per node)."""
+        if self._prepared:
+            return
+        tokenize_cached(self._load_text(download=True), self.tokenizer, self.cache_dir)
+        self._prepared = True
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the text (no download), map the cached tokens, split, and build the datasets."""
+        if self.train_dataset is not None:
+            return
+        text = self._load_text(download=False)
+        tokens = tokenize_cached(text, self.tokenizer, self.cache_dir)
+        n = len(tokens)
+        ctx = self.context_length
+        n_train = int(n * (1.0 - self.val_fraction))
+        n_val = n - n_train
+        if n_val < ctx + 1:
+            raise UserError(
+                f"The validation split has {n_val} tokens (val_fraction={self.val_fraction} of "
+                f"{n}), fewer than context_length+1 = {ctx + 1}; use a smaller context_length, a "
+                "larger val_fraction, or a longer corpus."
+            )
+        if n_train < ctx + 1:
+            raise UserError(
+                f"The training split has {n_train} tokens (of {n}), fewer than context_length+1 = "
+                f"{ctx + 1}; use a smaller context_length or val_fraction, or a longer corpus."
+            )
+        train_tokens, val_tokens = tokens[:n_train], tokens[n_train:]
+        if self.sampling == "sliding":
+            train_ds: Dataset = SlidingWindowDataset(
+                train_tokens, ctx, self.stride, what="training split"
+            )
+        else:
+            num = self.samples_per_epoch or (n_train - ctx - 1) // ctx + 1
+            train_ds = RandomWindowDataset(
+                train_tokens, ctx, num, seed=self.seed, what="training split"
+            )
+        if self.drop_last and len(train_ds) < self.batch_size:
+            raise UserError(
+                f"The training split gives {len(train_ds)} windows, fewer than batch_size="
+                f"{self.batch_size}, so with drop_last an epoch has no batch; use a smaller "
+                "batch_size, context_length or stride, or set drop_last=false."
+            )
+        self._tokens = tokens
+        self.val_dataset = SlidingWindowDataset(val_tokens, ctx, ctx, what="validation split")
+        self.train_sampler = EpochShuffleSampler(
+            len(train_ds), seed=self.seed, shuffle=self.shuffle
+        )
+        self.train_dataset = train_ds
+
+    @property
+    def tokens_train(self) -> int:
+        """Number of tokens in the training split (after ``setup``)."""
+        self._require_setup()
+        return len(self.train_dataset.tokens)
+
+    @property
+    def tokens_val(self) -> int:
+        """Number of tokens in the validation split (after ``setup``)."""
+        self._require_setup()
+        return len(self.val_dataset.tokens)
+
+    def _require_setup(self) -> None:
+        if self.train_dataset is None:
+            raise RuntimeError("call setup() (or let the Trainer call it) before using the data")
+
+    def _loader_kwargs(self) -> dict:
+        return {
+            "batch_size": self.batch_size,
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory,
+            "persistent_workers": self.num_workers > 0,
+        }
+
+    def train_dataloader(self) -> DataLoader:
+        self._require_setup()
+        return DataLoader(
+            self.train_dataset,
+            sampler=self.train_sampler,
+            drop_last=self.drop_last,
+            **self._loader_kwargs(),
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        self._require_setup()
+        return DataLoader(self.val_dataset, shuffle=False, drop_last=False, **self._loader_kwargs())

@@ -1,0 +1,36 @@
+"""Test setup: use the shared offline data, never the network or the user's home.
+
+Set at import time (before any test imports the package) unless already set:
+LLM_SCRATCH_DATA_DIR -> <checkout>/../shared/data, TIKTOKEN_CACHE_DIR -> that/tiktoken,
+LLM_SCRATCH_CACHE_DIR -> a fresh temporary folder for this test session.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+os.environ.setdefault("LLM_SCRATCH_DATA_DIR", str(SHARED_DATA_DIR))
+os.environ.setdefault(
+    "TIKTOKEN_CACHE_DIR", str(Path(os.environ["LLM_SCRATCH_DATA_DIR"]) / "tiktoken")
+)
+if "LLM_SCRATCH_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="llm_scratch_test_cache_")
+    os.environ["LLM_SCRATCH_CACHE_DIR"] = _cache
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    """The folder with the-verdict.txt, tinyshakespeare.txt and the tiktoken cache."""
+    path = Path(os.environ["LLM_SCRATCH_DATA_DIR"])
+    if not (path / "the-verdict.txt").is_file():
+        pytest.skip(f"shared test data not found in {path}")
+    return path
