@@ -1,0 +1,91 @@
+"""GPTConfig: every architectural switch of the model, validated, plus named presets."""
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+LAYER_INITS = ("fresh", "clone")
+ATTENTIONS = ("fused", "loop")
+
+# Named model sizes. Fields left out keep the GPTConfig defaults (and can be overridden in
+# from_name); the small presets leave vocab_size to the data set, as minGPT does.
+PRESETS: dict[str, dict[str, Any]] = {
+    # The four OpenAI GPT-2 checkpoints.
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, context_length=1024, vocab_size=50257),
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, context_length=1024, vocab_size=50257),
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280, context_length=1024, vocab_size=50257),
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600, context_length=1024, vocab_size=50257),
+    # minGPT's small models, trainable on a CPU.
+    "gpt-mini": dict(n_layer=6, n_head=6, n_embd=192),
+    "gpt-micro": dict(n_layer=4, n_head=4, n_embd=128),
+    "gpt-nano": dict(n_layer=3, n_head=3, n_embd=48),
+    # nanoGPT's "baby GPT" from the Shakespeare-char example.
+    "baby": dict(n_layer=6, n_head=6, n_embd=384, context_length=256, dropout=0.2),
+}
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50257
+    context_length: int = 1024  # maximum sequence length (nanoGPT's block_size)
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linear layers and LayerNorms
+    pre_norm: bool = True  # True: GPT-2 pre-norm; False: original Transformer post-norm
+    layer_init: str = "fresh"  # "fresh": init each block on its own; "clone": deepcopy one block
+    attention: str = "fused"  # "fused": one SDPA call for all heads; "loop": per-head Python loop
+    tie_weights: bool = True  # share the token embedding with the output head
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "context_length", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            # bool is a subclass of int, but n_layer=True is certainly a mistake
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(
+                    f"GPTConfig.{name}={value!r} is not valid: it must be a positive integer"
+                )
+        d = self.dropout
+        if not isinstance(d, (int, float)) or isinstance(d, bool) or not 0.0 <= d < 1.0:
+            raise ValueError(
+                f"GPTConfig.dropout={d!r} is out of range: it must be a number with 0 <= dropout < 1"
+            )
+        for name in ("bias", "pre_norm", "tie_weights"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"GPTConfig.{name}={value!r} is not a bool: use True or False")
+        for name, choices in (("layer_init", LAYER_INITS), ("attention", ATTENTIONS)):
+            value = getattr(self, name)
+            if value not in choices:
+                allowed = ", ".join(repr(c) for c in choices)
+                raise ValueError(
+                    f"GPTConfig.{name}={value!r} is not a known choice: use one of {allowed}"
+                )
+        if self.n_embd % self.n_head != 0:
+            lower = self.n_embd // self.n_head * self.n_head
+            upper = lower + self.n_head
+            example = f"{lower} or {upper}" if lower > 0 else f"{upper}"
+            raise ValueError(
+                f"GPTConfig.n_embd={self.n_embd} is not divisible by n_head={self.n_head}: "
+                f"choose n_embd as a multiple of n_head (e.g. {example})"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> "GPTConfig":
+        """Build a preset by name (see PRESETS), with any field overridden by keyword."""
+        if name not in PRESETS:
+            raise ValueError(
+                f"unknown model preset {name!r}: known presets are {', '.join(PRESETS)}"
+            )
+        known = [f.name for f in fields(cls)]
+        for key in overrides:
+            if key not in known:
+                raise ValueError(
+                    f"unknown GPTConfig field {key!r} in overrides for preset {name!r}: "
+                    f"known fields are {', '.join(known)}"
+                )
+        return cls(**{**PRESETS[name], **overrides})
