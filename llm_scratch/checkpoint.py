@@ -1,0 +1,77 @@
+"""Load a trained GPT and its tokenizer from a Lightning checkpoint, without Lightning.
+
+Checkpoints are read with ``torch.load(weights_only=True)``: only tensors and plain containers
+are unpickled, so a file carrying a malicious pickle payload is refused before its code runs.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llm_scratch.data.tokenizers import Tokenizer, tokenizer_from_dict
+from llm_scratch.errors import UserError
+from llm_scratch.model import GPT, GPTConfig
+
+MODEL_PREFIX = "model."
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint file safely; any unreadable or unsafe file is a :class:`UserError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"Checkpoint {path} does not exist: pass the path of a .ckpt file.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise UserError(
+            f"Checkpoint {path} holds objects other than tensors and plain values, so it was "
+            f"refused unread (weights_only=True): {str(error).splitlines()[0]}"
+        ) from error
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
+        raise UserError(
+            f"Checkpoint {path} is truncated or corrupted ({str(error).splitlines()[0]}). "
+            "Use another checkpoint of the run, e.g. its checkpoints/last.ckpt or best-*.ckpt."
+        ) from error
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise UserError(f"{path} is not a Lightning checkpoint of llm_scratch (no state_dict).")
+    hparams = checkpoint.get("hyper_parameters") or {}
+    if "model" not in hparams or "tokenizer" not in hparams:
+        raise UserError(
+            f"{path} was not written by llm_scratch's training (no model config or tokenizer "
+            "in its hyper_parameters)."
+        )
+    return checkpoint
+
+
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[GPT, Tokenizer, dict[str, Any]]:
+    """Return the GPT (in eval mode, on ``device``), its tokenizer and the raw checkpoint."""
+    checkpoint = read_checkpoint(path)
+    hparams = checkpoint["hyper_parameters"]
+    config = GPTConfig(**hparams["model"])
+    tokenizer = tokenizer_from_dict(hparams["tokenizer"])
+    if tokenizer.vocab_size != config.vocab_size:
+        raise UserError(
+            f"Checkpoint {path}: its tokenizer has {tokenizer.vocab_size} tokens but the model "
+            f"{config.vocab_size}; the checkpoint does not belong with this tokenizer."
+        )
+    model = GPT(config)
+    state = {
+        k[len(MODEL_PREFIX) :]: v
+        for k, v in checkpoint["state_dict"].items()
+        if k.startswith(MODEL_PREFIX)
+    }
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise UserError(
+            f"Checkpoint {path} does not match its model configuration "
+            f"({str(error).splitlines()[0]})."
+        ) from error
+    return model.to(device).eval(), tokenizer, checkpoint

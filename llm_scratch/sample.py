@@ -1,0 +1,103 @@
+"""Sampling from a trained checkpoint (the code behind ``training/sample.py``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from llm_scratch.checkpoint import load_model
+from llm_scratch.errors import UserError
+
+
+@dataclass
+class SampleConfig:
+    ckpt_path: str = "???"
+    prompt: str = "\n"
+    prompt_file: str | None = None
+    num_samples: int = 1
+    max_new_tokens: int = 200
+    temperature: float = 0.8
+    top_k: int | None = 200
+    top_p: float | None = None
+    seed: int = 1337
+    device: str = "auto"
+
+
+def parse_args(argv: list[str]) -> SampleConfig:
+    try:
+        schema = OmegaConf.structured(SampleConfig)
+        cfg = OmegaConf.merge(schema, OmegaConf.from_dotlist(argv))
+        if OmegaConf.is_missing(cfg, "ckpt_path"):
+            raise UserError("ckpt_path is required: ckpt_path=<run dir or .ckpt file>")
+        return SampleConfig(**OmegaConf.to_container(cfg))
+    except OmegaConfBaseException as error:
+        raise UserError(f"Bad argument: {str(error).splitlines()[0]}") from error
+
+
+def _checkpoint_file(path: str) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        candidates = sorted((p / "checkpoints").glob("best-*.ckpt")) or [
+            p / "checkpoints" / "last.ckpt"
+        ]
+        return candidates[-1]
+    return p
+
+
+def generate_samples(cfg: SampleConfig) -> list[str]:
+    device = cfg.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tokenizer, _ = load_model(_checkpoint_file(cfg.ckpt_path), device=device)
+    prompt = cfg.prompt
+    if cfg.prompt_file:
+        try:
+            prompt = Path(cfg.prompt_file).read_text(encoding="utf-8")
+        except OSError as error:
+            raise UserError(
+                f"Cannot read prompt_file={cfg.prompt_file}: {error.strerror}"
+            ) from error
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        raise UserError("The prompt is empty after tokenization: give at least one character.")
+    if len(ids) > model.config.context_length:
+        raise UserError(
+            f"The prompt is {len(ids)} tokens, longer than the model's context of "
+            f"{model.config.context_length}: shorten it."
+        )
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    idx = torch.tensor([ids] * cfg.num_samples, dtype=torch.long, device=device)
+    try:
+        out = model.generate(
+            idx,
+            cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_k=cfg.top_k,
+            top_p=cfg.top_p,
+            eos_id=tokenizer.eos_id,
+            generator=generator,
+        )
+    except ValueError as error:
+        raise UserError(str(error)) from error
+    return [tokenizer.decode(row.tolist()) for row in out]
+
+
+def main(argv: list[str]) -> int:
+    try:
+        samples = generate_samples(parse_args(argv))
+    except UserError as error:
+        if os.environ.get("LLM_SCRATCH_TRACEBACK"):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for i, text in enumerate(samples):
+        if len(samples) > 1:
+            print(f"--- sample {i + 1} ---")
+        print(text)
+    return 0

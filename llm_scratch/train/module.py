@@ -1,0 +1,87 @@
+"""The LightningModule that trains a plain-PyTorch GPT."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import lightning as L
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+from torchmetrics import MeanMetric
+
+from llm_scratch.model import GPT, GPTConfig
+from llm_scratch.train.optim import OptimizerConfig, SchedulerConfig, build_adamw, lr_multiplier
+
+
+class GPTLightningModule(L.LightningModule):
+    """Wraps :class:`GPT`; every constructor argument is a plain type, so checkpoints hold no
+    pickled objects and load with ``torch.load(weights_only=True)``.
+
+    Args:
+        model: the :class:`GPTConfig` fields.
+        optimizer: the :class:`OptimizerConfig` fields (AdamW).
+        scheduler: the :class:`SchedulerConfig` fields.
+        tokenizer: the tokenizer's description (``Tokenizer.to_dict()``), stored in every
+            checkpoint so that a checkpoint can be decoded without the corpus.
+        compile: run the model through ``torch.compile`` (the state_dict keys do not change).
+    """
+
+    def __init__(
+        self,
+        model: dict[str, Any],
+        optimizer: dict[str, Any] | None = None,
+        scheduler: dict[str, Any] | None = None,
+        tokenizer: dict[str, Any] | None = None,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model_config = GPTConfig(**model)
+        self.model = GPT(self.model_config)
+        self.optimizer_config = OptimizerConfig(**(optimizer or {}))
+        self.scheduler_config = SchedulerConfig(**(scheduler or {}))
+        # Kept out of the module tree, so state_dict keys stay "model.*" with or without compile.
+        self.__dict__["_forward"] = torch.compile(self.model) if compile else self.model
+        # Token-weighted means: exp of the mean cross-entropy is the perplexity, computed without
+        # a second softmax (torchmetrics' Perplexity underflows to inf on confident models).
+        self.train_epoch_loss = MeanMetric()
+        self.val_loss = MeanMetric()
+
+    @classmethod
+    def from_config(cls, config: GPTConfig, **kwargs: Any) -> GPTLightningModule:
+        return cls(model=asdict(config), **kwargs)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        return self._forward(idx, targets)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+        x, y = batch
+        _, loss = self(x, y)
+        self.log("train/loss", loss, on_step=True, prog_bar=True)
+        self.train_epoch_loss.update(loss.detach(), weight=y.numel())
+        self.log("train/epoch_loss", self.train_epoch_loss, on_step=False, on_epoch=True)
+        self.log("train/lr", self.lr_schedulers().get_last_lr()[0], on_step=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+        x, y = batch
+        _, loss = self(x, y)
+        self.val_loss.update(loss, weight=y.numel())
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()  # synced across processes by torchmetrics
+        self.val_loss.reset()
+        self.log_dict({"val/loss": loss, "val/ppl": torch.exp(loss)}, prog_bar=True)
+
+    def configure_optimizers(self):
+        groups = self.model.optimizer_param_groups(self.optimizer_config.weight_decay)
+        optimizer = build_adamw(groups, self.optimizer_config, self.device)
+        sched = self.scheduler_config
+        total = sched.total_steps or max(int(self.trainer.estimated_stepping_batches), 1)
+        base_lr = self.optimizer_config.lr
+        scheduler = LambdaLR(optimizer, lambda step: lr_multiplier(step, sched, total, base_lr))
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }

@@ -1,0 +1,81 @@
+"""AdamW with decoupled weight decay on 2-D weights, and the learning-rate schedules."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW settings. ``fused=None`` picks torch's fused kernel where it exists for the device."""
+
+    lr: float = 4e-4
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    fused: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"optimizer.lr={self.lr} must be positive")
+        if self.weight_decay < 0:
+            raise ValueError(f"optimizer.weight_decay={self.weight_decay} must be >= 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"optimizer.betas={list(self.betas)} must be two numbers in [0, 1)")
+
+
+@dataclass
+class SchedulerConfig:
+    """Learning-rate schedule, stepped once per optimizer step.
+
+    ``name``: ``cosine`` (linear warm-up, then cosine decay to ``min_lr``), ``linear`` (warm-up,
+    then linear decay to ``min_lr``) or ``constant`` (warm-up, then flat). ``warmup_steps`` may be
+    given as a fraction of the total steps with ``warmup_fraction`` instead. ``total_steps=None``
+    uses the Trainer's estimate of the optimizer steps of the whole run.
+    """
+
+    name: str = "cosine"
+    warmup_steps: int = 0
+    warmup_fraction: float = 0.0
+    min_lr: float = 0.0
+    total_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in SCHEDULES:
+            raise ValueError(f"scheduler.name={self.name!r} is unknown: choose one of {SCHEDULES}")
+        if self.warmup_steps < 0 or not 0 <= self.warmup_fraction < 1:
+            raise ValueError("scheduler.warmup_steps must be >= 0 and warmup_fraction in [0, 1)")
+        if self.min_lr < 0:
+            raise ValueError(f"scheduler.min_lr={self.min_lr} must be >= 0")
+
+
+def build_adamw(param_groups: list[dict], cfg: OptimizerConfig, device: torch.device):
+    fused = cfg.fused
+    if fused is None:
+        # The fused kernel is one launch for all parameters instead of a loop of small ones.
+        supported = "fused" in inspect.signature(torch.optim.AdamW).parameters
+        fused = supported and device.type in ("cuda", "cpu", "mps", "xpu")
+    return torch.optim.AdamW(
+        param_groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=bool(fused)
+    )
+
+
+def lr_multiplier(step: int, cfg: SchedulerConfig, total_steps: int, base_lr: float) -> float:
+    """The factor on ``base_lr`` at optimizer step ``step`` (0-based)."""
+    warmup = cfg.warmup_steps or int(cfg.warmup_fraction * total_steps)
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if cfg.name == "constant":
+        return 1.0
+    floor = min(cfg.min_lr / base_lr, 1.0)
+    decay_steps = max(total_steps - warmup, 1)
+    progress = min((step - warmup) / decay_steps, 1.0)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+    shape = 1.0 - progress if cfg.name == "linear" else cosine
+    return floor + (1.0 - floor) * shape

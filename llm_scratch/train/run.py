@@ -1,0 +1,140 @@
+"""The training job behind ``training/run_experiment.py``: config in, trained run directory out."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from llm_scratch.errors import UserError
+from llm_scratch.train.callbacks import LineProgressBar
+from llm_scratch.train.checkpoints import resolve_ckpt_path
+from llm_scratch.train.config_tree import print_config_tree
+from llm_scratch.train.module import GPTLightningModule
+from llm_scratch.train.validate import validate_config
+from llm_scratch.utils.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def route_lightning_logs() -> None:
+    """Send Lightning's messages through the root logger (Hydra's console and file handlers).
+
+    Lightning adds its own stderr handler when it is imported before logging is configured;
+    under Hydra that prints each message twice, or keeps it out of the run's log file.
+    """
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+
+
+def _build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node]
+    has_bar = any(isinstance(c, L.pytorch.callbacks.ProgressBar) for c in callbacks)
+    if not has_bar and cfg.trainer.get("enable_progress_bar", True):
+        if sys.stdout.isatty():
+            callbacks.append(L.pytorch.callbacks.RichProgressBar())
+        else:
+            callbacks.append(LineProgressBar(refresh_rate=cfg.trainer.get("log_every_n_steps", 10)))
+    return callbacks
+
+
+def _build_loggers(cfg: DictConfig) -> list:
+    return [instantiate(node) for node in (cfg.get("logger") or {}).values() if node]
+
+
+def _check_output_dir(output_dir: Path, resuming: bool) -> None:
+    """A new run never writes over an earlier run's results."""
+    earlier = [p for p in ("checkpoints", "metrics.csv") if (output_dir / p).exists()]
+    if earlier and not resuming:
+        raise UserError(
+            f"Run directory {output_dir} already holds a run ({', '.join(earlier)}). "
+            "Choose a new hydra.run.dir, or continue that run with ckpt_path="
+            f"{output_dir}."
+        )
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(
+            f"Cannot write to the run directory {output_dir} ({error.strerror}). "
+            "Choose a writable place with hydra.run.dir=... or paths.log_dir=..."
+        ) from error
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train a GPT as ``cfg`` says; return the final metrics (``train/loss``, ``val/loss`` ...)."""
+    route_lightning_logs()
+    validate_config(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths)
+    _check_output_dir(output_dir, resuming=ckpt_path is not None)
+
+    if int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
+        job_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+        print_config_tree(job_cfg)
+        atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(job_cfg, resolve=True))
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate(cfg.data)
+    try:
+        model_config = instantiate(cfg.model, vocab_size=datamodule.vocab_size)
+    except ValueError as error:
+        raise UserError(f"Bad model configuration: {error}") from error
+    tokenizer = datamodule.tokenizer
+    tokenizer.save(output_dir / "tokenizer.json")
+    module = GPTLightningModule(
+        model=asdict(model_config),
+        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
+        tokenizer=tokenizer.to_dict(),
+        compile=cfg.get("compile", False),
+    )
+    log.info(
+        "model: %s parameters (%s), vocab %d, context %d",
+        f"{module.model.num_params():,}",
+        ", ".join(f"{k}={v}" for k, v in asdict(model_config).items() if k != "vocab_size"),
+        model_config.vocab_size,
+        model_config.context_length,
+    )
+    loggers = _build_loggers(cfg)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=_build_callbacks(cfg), logger=loggers)
+    try:
+        if cfg.get("train", True):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        if cfg.get("validate_after", False):
+            trainer.validate(module, datamodule=datamodule)
+    finally:
+        _finish_loggers(loggers)
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v)}
+
+
+def _finish_loggers(loggers: list) -> None:
+    # In a multirun every job must close its W&B run, or the next job logs into it.
+    for logger in loggers:
+        if isinstance(logger, L.pytorch.loggers.WandbLogger):
+            import wandb
+
+            wandb.finish()
+
+
+def train_or_exit(cfg: DictConfig) -> dict[str, Any]:
+    """Run :func:`train`; a :class:`UserError` becomes one line on stderr and exit status 2."""
+    try:
+        return train(cfg)
+    except UserError as error:
+        if os.environ.get("LLM_SCRATCH_TRACEBACK"):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

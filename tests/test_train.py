@@ -1,0 +1,162 @@
+"""The training job end to end through the entry point's function, on CPU, on real corpora."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from llm_scratch.errors import UserError
+from llm_scratch.train.run import train
+from llm_scratch.train.validate import validate_config
+from tests.helpers import CONFIG_DIR, FAST, REPO, compose_config
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def column(rows: list[dict[str, str]], key: str) -> list[float]:
+    return [float(r[key]) for r in rows if r.get(key)]
+
+
+def option_names(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize(
+    "group,option",
+    [(g, o) for g in ("data", "model", "trainer", "logger", "callbacks") for o in option_names(g)]
+    + [("experiment", o) for o in option_names("experiment")],
+)
+def test_every_config_composes_and_instantiates(group, option, tmp_path):
+    extra = ["data.path=" + str(tmp_path / "corpus.txt")] if option == "text" else []
+    cfg = compose_config([f"{group}={option}", *extra], tmp_path / "run")
+    validate_config(cfg)
+    datamodule = instantiate(cfg.data)
+    assert datamodule.batch_size == cfg.data.batch_size
+    model_config = instantiate(cfg.model, vocab_size=50257)
+    assert model_config.n_layer == cfg.model.n_layer
+    # the GPU and DDP configs are instantiated on the CPU here: same keys, one CPU device
+    trainer = instantiate(
+        cfg.trainer, logger=False, enable_checkpointing=False, accelerator="cpu", devices=1
+    )
+    assert trainer.max_epochs == cfg.trainer.max_epochs
+    for node in (cfg.callbacks or {}).values():
+        assert instantiate(node) is not None
+    for node in (cfg.logger or {}).values():
+        assert instantiate(node) is not None
+
+
+def test_model_presets_in_yaml_match_the_python_presets(tmp_path):
+    from llm_scratch.model.config import PRESETS
+
+    for name in option_names("model"):
+        if name == "base":
+            continue
+        cfg = compose_config([f"model={name}"], tmp_path)
+        for key, value in PRESETS[name].items():
+            if key in ("context_length", "vocab_size"):
+                continue  # the data sets these
+            assert cfg.model[key] == value, (name, key)
+
+
+def test_typo_and_wrong_type_are_named_before_anything_runs(tmp_path):
+    cfg = compose_config(["model.n_layer=abc", *FAST], tmp_path / "run")
+    with pytest.raises(UserError, match=r"model\.n_layer.*wrong type.*int"):
+        train(cfg)
+    cfg = compose_config(["+data.batchsize=4", *FAST], tmp_path / "run")
+    with pytest.raises(UserError, match=r"Unknown config key 'data\.batchsize'"):
+        train(cfg)
+    cfg = compose_config(["optimizer.lr=fast", *FAST], tmp_path / "run")
+    with pytest.raises(UserError, match=r"optimizer\.lr"):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_verdict_run_learns_and_leaves_a_complete_run_dir(tmp_path):
+    run = tmp_path / "run"
+    cfg = compose_config([*FAST, "trainer.max_epochs=4", "optimizer.lr=3e-3"], run)
+    metrics = train(cfg)
+    rows = read_metrics(run)
+    losses = column(rows, "train/loss")
+    assert len(losses) == 4 * 9  # 18 windows of 256 tokens, batch 2, drop_last
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 1.0, losses
+    val = column(rows, "val/loss")
+    assert len(val) == 4 and val[-1] < val[0]
+    assert metrics["val/ppl"] == pytest.approx(
+        torch.tensor(metrics["val/loss"]).exp().item(), rel=1e-4
+    )
+    for name in ("config.yaml", "tokenizer.json", "samples.jsonl", "checkpoints/last.ckpt"):
+        assert (run / name).is_file(), name
+    assert list((run / "checkpoints").glob("best-*.ckpt"))
+    assert (run / "samples.jsonl").read_text().count("Every effort moves you") == 4
+    # plain hyperparameters: loads with torch's safe loader
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"]["model"]["n_layer"] == 3
+    # the sampling script on the checkpoint the run produced
+    out = subprocess.run(
+        [
+            sys.executable,
+            "training/sample.py",
+            f"ckpt_path={run}",
+            "prompt=Every effort",
+            "max_new_tokens=5",
+            "num_samples=2",
+            "temperature=0",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.count("Every effort") == 2
+    # resume from the run directory continues from its step, into a new directory
+    resumed = tmp_path / "resumed"
+    cfg = compose_config(
+        [*FAST, "trainer.max_epochs=5", "optimizer.lr=3e-3", f"ckpt_path={run}"], resumed
+    )
+    train(cfg)
+    steps = [int(r["step"]) for r in read_metrics(resumed) if r.get("train/loss")]
+    assert steps[0] == 4 * 9 and steps[-1] == 5 * 9 - 1
+
+
+@pytest.mark.slow
+def test_shakespeare_char_run(tmp_path):
+    run = tmp_path / "run"
+    cfg = compose_config(
+        [
+            *FAST,
+            "data=shakespeare_char",
+            "data.context_length=64",
+            "data.batch_size=8",
+            "trainer.max_steps=6",
+            "trainer.limit_val_batches=2",
+            "trainer.val_check_interval=3",
+        ],
+        run,
+    )
+    metrics = train(cfg)
+    assert cfg.model.context_length == 64
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"]["model"]["vocab_size"] == 65
+    assert ckpt["global_step"] == 6
+    assert 0 < metrics["val/loss"] < 6
+    assert len(column(read_metrics(run), "val/loss")) == 2
+
+
+def test_a_new_run_never_overwrites_an_earlier_one(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"earlier")
+    cfg = compose_config(FAST, run)
+    with pytest.raises(UserError, match="already holds a run"):
+        train(cfg)
+    assert (run / "checkpoints" / "last.ckpt").read_bytes() == b"earlier"

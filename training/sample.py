@@ -1,0 +1,13 @@
+"""Print samples from a trained run: ``python training/sample.py ckpt_path=<file> prompt="..."``.
+
+Keys (key=value, like the training entry point): ckpt_path (a .ckpt file or a run directory),
+prompt, prompt_file, num_samples, max_new_tokens, temperature (0: greedy), top_k, top_p, seed,
+device (cpu, cuda, cuda:1, or auto).
+"""
+
+import sys
+
+from llm_scratch.sample import main
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
