@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ def route_lightning_logs() -> None:
     Lightning adds its own stderr handler when it is imported before logging is configured;
     under Hydra that prints each message twice, or keeps it out of the run's log file.
     """
-    for name in ("lightning.pytorch", "lightning.fabric"):
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
@@ -76,6 +77,11 @@ def _check_output_dir(output_dir: Path, resuming: bool) -> None:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train a GPT as ``cfg`` says; return the final metrics (``train/loss``, ``val/loss`` ...)."""
     route_lightning_logs()
+    # The run directory already holds config.yaml and tokenizer.json when the CSV logger starts;
+    # _check_output_dir has made sure it holds no earlier metrics.
+    warnings.filterwarnings(
+        "ignore", message="Experiment logs directory .* exists and is not empty"
+    )
     validate_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths)
