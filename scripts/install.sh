@@ -20,5 +20,7 @@ if [ -n "${TORCH_INDEX_URL:-}" ]; then
 else
   python -m pip install "torch==${TORCH_VERSION}"
 fi
-python -m pip install -e ".[${EXTRAS}]"
+# compat mode puts the checkout on sys.path, so Hydra's plugin scan finds the sweep launcher in
+# hydra_plugins/ (the default editable mode hides namespace packages from that scan).
+python -m pip install -e ".[${EXTRAS}]" --config-settings editable_mode=compat
 python -c "import torch, llm_scratch; print('llm_scratch', llm_scratch.__version__, 'with torch', torch.__version__, '| CUDA available:', torch.cuda.is_available())"

@@ -12,6 +12,7 @@ from torchmetrics import MeanMetric
 
 from llm_scratch.model import GPT, GPTConfig
 from llm_scratch.train.optim import OptimizerConfig, SchedulerConfig, build_adamw, lr_multiplier
+from llm_scratch.train.reliability import get_rng_states, set_rng_states
 
 
 class GPTLightningModule(L.LightningModule):
@@ -85,3 +86,17 @@ class GPTLightningModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
         }
+
+    # Exact resumption: Lightning saves no RNG state, so dropout after a resume would draw other
+    # masks. The states are saved with every checkpoint and put back just before training goes on.
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rng_states"] = get_rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._rng_states_to_restore = checkpoint.get("rng_states")
+
+    def on_train_start(self) -> None:
+        states = getattr(self, "_rng_states_to_restore", None)
+        if states is not None:
+            set_rng_states(states)
+            self._rng_states_to_restore = None
