@@ -20,13 +20,16 @@ from llm_scratch.model import GPT, GPTConfig
 MODEL_PREFIX = "model."
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint file safely; any unreadable or unsafe file is a :class:`UserError`."""
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """Read a checkpoint file safely; any unreadable or unsafe file is a :class:`UserError`.
+
+    ``mmap=True`` maps the tensors instead of reading them (a cheap look at the metadata).
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"Checkpoint {path} does not exist: pass the path of a .ckpt file.")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         raise UserError(
             f"Checkpoint {path} holds objects other than tensors and plain values, so it was "
@@ -54,14 +57,18 @@ def load_model(
     """Return the GPT (in eval mode, on ``device``), its tokenizer and the raw checkpoint."""
     checkpoint = read_checkpoint(path)
     hparams = checkpoint["hyper_parameters"]
-    config = GPTConfig(**hparams["model"])
+    model_class, config_class = GPT, GPTConfig
+    if hparams["model"].get("backend") == "hf_gpt2":  # trained with model=hf_gpt2
+        from llm_scratch.train.hf_backend import HFGPT2 as model_class
+        from llm_scratch.train.hf_backend import HFGPT2Config as config_class
+    config = config_class(**hparams["model"])
     tokenizer = tokenizer_from_dict(hparams["tokenizer"])
     if tokenizer.vocab_size != config.vocab_size:
         raise UserError(
             f"Checkpoint {path}: its tokenizer has {tokenizer.vocab_size} tokens but the model "
             f"{config.vocab_size}; the checkpoint does not belong with this tokenizer."
         )
-    model = GPT(config)
+    model = model_class(config)
     state = {
         k[len(MODEL_PREFIX) :]: v
         for k, v in checkpoint["state_dict"].items()

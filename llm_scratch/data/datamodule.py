@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numbers
 import os
+from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from llm_scratch.data.corpora import CORPORA, load_corpus
@@ -125,6 +127,7 @@ class LMDataModule(L.LightningDataModule):
         self.val_dataset: Dataset | None = None
         self.train_sampler: EpochShuffleSampler | None = None
         self._prepared = False
+        self._resume: dict[str, Any] | None = None  # a checkpoint's place in the epoch order
 
     # ----------------------------------------------------------------- corpus and tokenizer
     @property
@@ -221,6 +224,7 @@ class LMDataModule(L.LightningDataModule):
             len(train_ds), seed=self.seed, shuffle=self.shuffle
         )
         self.train_dataset = train_ds
+        self._apply_resume()
 
     @property
     def tokens_train(self) -> int:
@@ -244,7 +248,43 @@ class LMDataModule(L.LightningDataModule):
             "num_workers": self.num_workers,
             "pin_memory": self.pin_memory,
             "persistent_workers": self.num_workers > 0,
+            # Each iterator draws its workers' base seed from this generator, not from torch's
+            # global RNG, so starting an epoch or a validation does not move the dropout RNG (a
+            # resumed run then draws the same dropout masks as an uninterrupted one).
+            "generator": torch.Generator().manual_seed(self.seed),
         }
+
+    # ----------------------------------------------------------------- exact resumption
+    def state_dict(self) -> dict[str, Any]:
+        """Where training stands in the epoch's window order (saved in every checkpoint).
+
+        Lightning counts the batches trained in the epoch; its DataLoader prefetches one ahead,
+        so the position is read from the trainer's progress rather than from the loader.
+        """
+        trainer = self.trainer
+        if trainer is None or self.train_sampler is None:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {
+            "epoch": self.train_sampler.epoch,
+            "windows_done": int(done) * self.batch_size * trainer.world_size,
+            "num_windows": self.train_sampler.n,
+            "seed": self.seed,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the saved epoch at the first window the saved run had not trained on."""
+        self._resume = dict(state) if state and "windows_done" in state else None
+        self._apply_resume()
+
+    def _apply_resume(self) -> None:
+        state, sampler = self._resume, self.train_sampler
+        if state is None or sampler is None:
+            return
+        # other data or another seed: the saved position means nothing for this order
+        if (state.get("num_windows"), state.get("seed")) == (sampler.n, self.seed):
+            sampler.resume_at(int(state["epoch"]), int(state["windows_done"]))
+        self._resume = None
 
     def train_dataloader(self) -> DataLoader:
         self._require_setup()

@@ -140,18 +140,32 @@ class EpochShuffleSampler(Sampler[int]):
         self.seed = int(seed)
         self.shuffle = bool(shuffle)
         self.epoch = 0
+        self._resume: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+
+    def resume_at(self, epoch: int, position: int) -> None:
+        """Make the next pass start at ``position`` of ``epoch``'s order (a run resumed mid-epoch
+        continues with the windows it has not seen). It applies once, and only if that pass is
+        ``epoch``'s; ``len`` stays the whole epoch, as Lightning counts batches from the start.
+        """
+        self.epoch = int(epoch)
+        self._resume = (int(epoch), int(position))
 
     def __len__(self) -> int:
         return self.n
 
     def __iter__(self) -> Iterator[int]:
+        start = 0
+        if self._resume is not None:
+            epoch, position = self._resume
+            self._resume = None
+            start = position if epoch == self.epoch else 0
         if not self.shuffle:
-            return iter(range(self.n))
+            return iter(range(start, self.n))
         rng = np.random.default_rng([self.seed & 0xFFFFFFFFFFFFFFFF, self.epoch])
-        return iter(rng.permutation(self.n).tolist())
+        return iter(rng.permutation(self.n)[start:].tolist())
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "seed": self.seed}

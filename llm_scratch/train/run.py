@@ -15,11 +15,16 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from llm_scratch.errors import UserError
+from llm_scratch.errors import UserError, show_traceback
 from llm_scratch.train.callbacks import LineProgressBar
 from llm_scratch.train.checkpoints import resolve_ckpt_path
 from llm_scratch.train.config_tree import print_config_tree
 from llm_scratch.train.module import GPTLightningModule
+from llm_scratch.train.reliability import (
+    AtomicCheckpointIO,
+    check_resume_checkpoint,
+    training_errors,
+)
 from llm_scratch.train.validate import validate_config
 from llm_scratch.utils.io import atomic_write_text
 
@@ -98,7 +103,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
         model_config = instantiate(cfg.model, vocab_size=datamodule.vocab_size)
     except ValueError as error:
         raise UserError(f"Bad model configuration: {error}") from error
+    model_context = getattr(model_config, "context_length", None)
+    if model_context is not None and model_context < cfg.data.context_length:
+        raise UserError(
+            f"model.context_length={model_context} is shorter than data.context_length="
+            f"{cfg.data.context_length}, the windows the model is trained on; leave "
+            "model.context_length unset (it follows data.context_length) or make it at least that."
+        )
     tokenizer = datamodule.tokenizer
+    if ckpt_path is not None:  # refused here, with one line, rather than deep inside Lightning
+        check_resume_checkpoint(ckpt_path, asdict(model_config), tokenizer.to_dict())
     tokenizer.save(output_dir / "tokenizer.json")
     module = GPTLightningModule(
         model=asdict(model_config),
@@ -115,10 +129,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         model_config.context_length,
     )
     loggers = _build_loggers(cfg)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=_build_callbacks(cfg), logger=loggers)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=_build_callbacks(cfg), logger=loggers, plugins=[AtomicCheckpointIO()]
+    )
     try:
         if cfg.get("train", True):
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            with training_errors(trainer, datamodule.batch_size, output_dir):
+                trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         if cfg.get("validate_after", False):
             trainer.validate(module, datamodule=datamodule)
     finally:
@@ -136,11 +153,12 @@ def _finish_loggers(loggers: list) -> None:
 
 
 def train_or_exit(cfg: DictConfig) -> dict[str, Any]:
-    """Run :func:`train`; a :class:`UserError` becomes one line on stderr and exit status 2."""
+    """Run :func:`train`; a :class:`UserError` becomes one line on stderr and exit status 2
+    (143 after a SIGTERM); ``LLM_SCRATCH_TRACEBACK=1`` shows the traceback instead."""
     try:
         return train(cfg)
     except UserError as error:
-        if os.environ.get("LLM_SCRATCH_TRACEBACK"):
+        if show_traceback():
             raise
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(error.exit_code)
