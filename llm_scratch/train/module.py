@@ -61,9 +61,24 @@ class GPTLightningModule(L.LightningModule):
         _, loss = self(x, y)
         self.log("train/loss", loss, on_step=True, prog_bar=True)
         self.train_epoch_loss.update(loss.detach(), weight=y.numel())
-        self.log("train/epoch_loss", self.train_epoch_loss, on_step=False, on_epoch=True)
-        self.log("train/lr", self.lr_schedulers().get_last_lr()[0], on_step=True)
+        # Each self.log costs Lightning ~0.4 ms of bookkeeping on a CPU, whether or not the
+        # value is written: log the learning rate only on the steps the loggers write (every
+        # trainer.log_every_n_steps), and the epoch loss once, in on_train_epoch_end.
+        if self._logs_this_step():
+            self.log("train/lr", self.lr_schedulers().get_last_lr()[0], on_step=True)
         return loss
+
+    def _logs_this_step(self) -> bool:
+        """Whether the loggers write this training step's metrics (Lightning's own rule)."""
+        connector = getattr(self.trainer, "_logger_connector", None)
+        return connector is None or connector.should_update_logs or bool(self.trainer.fast_dev_run)
+
+    def on_train_epoch_end(self) -> None:
+        if self.train_epoch_loss.update_called:
+            # token-weighted mean over the epoch, synced across processes by torchmetrics
+            # (sync_dist only quiets Lightning's warning about epoch-level values under DDP)
+            self.log("train/epoch_loss", self.train_epoch_loss.compute(), sync_dist=True)
+        self.train_epoch_loss.reset()
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         x, y = batch

@@ -12,10 +12,11 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from llm_scratch.errors import UserError, show_traceback
+from llm_scratch.errors import UserError, one_line, show_traceback
 from llm_scratch.train.callbacks import LineProgressBar
 from llm_scratch.train.checkpoints import resolve_ckpt_path
 from llm_scratch.train.config_tree import print_config_tree
@@ -87,6 +88,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     warnings.filterwarnings(
         "ignore", message="Experiment logs directory .* exists and is not empty"
     )
+    # LMDataModule saves and restores the place in the epoch itself (its state_dict).
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
     validate_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths)
@@ -101,8 +104,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data)
     try:
         model_config = instantiate(cfg.model, vocab_size=datamodule.vocab_size)
-    except ValueError as error:
-        raise UserError(f"Bad model configuration: {error}") from error
+    except (ValueError, InstantiationException) as error:
+        cause = error.__cause__ if isinstance(error.__cause__, ValueError) else error
+        raise UserError(f"Bad model configuration: {cause}") from error
     model_context = getattr(model_config, "context_length", None)
     if model_context is not None and model_context < cfg.data.context_length:
         raise UserError(
@@ -162,3 +166,10 @@ def train_or_exit(cfg: DictConfig) -> dict[str, Any]:
             raise
         print(f"error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
+    except InstantiationException as error:  # a config node's object refused its arguments
+        if show_traceback():
+            raise
+        cause = error.__cause__
+        text = str(cause) if isinstance(cause, UserError | ValueError | TypeError) else str(error)
+        print(f"error: {one_line(text)}", file=sys.stderr)
+        sys.exit(2)
