@@ -63,7 +63,7 @@ def visible_gpus() -> list[str]:
 class SubprocessLauncher(Launcher):
     def __init__(
         self,
-        parallel_jobs: int | None = 1,
+        parallel_jobs: int | None = None,
         devices_per_job: int | None = None,
         devices: list[str] | None = None,
     ) -> None:

@@ -55,12 +55,17 @@ class SchedulerConfig:
             raise ValueError(f"scheduler.min_lr={self.min_lr} must be >= 0")
 
 
-def build_adamw(param_groups: list[dict], cfg: OptimizerConfig, device: torch.device):
+def build_adamw(
+    param_groups: list[dict], cfg: OptimizerConfig, device: torch.device, clips_mixed: bool = False
+):
+    """AdamW; ``clips_mixed``: gradients are clipped under mixed precision, where Lightning
+    refuses a fused optimizer (it unscales gradients inside its step), so ``fused=None`` means
+    unfused there."""
     fused = cfg.fused
     if fused is None:
         # The fused kernel is one launch for all parameters instead of a loop of small ones.
         supported = "fused" in inspect.signature(torch.optim.AdamW).parameters
-        fused = supported and device.type in ("cuda", "cpu", "mps", "xpu")
+        fused = supported and device.type in ("cuda", "cpu", "mps", "xpu") and not clips_mixed
     return torch.optim.AdamW(
         param_groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=bool(fused)
     )

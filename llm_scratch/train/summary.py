@@ -1,0 +1,52 @@
+"""``summary.json``: the figures of one finished run that a sweep report tabulates."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from llm_scratch.train.callbacks import ThroughputLogger
+from llm_scratch.utils.io import atomic_write_text
+
+
+def peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    """Peak memory of this process: allocated on a CUDA device, else the peak resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # kilobytes on Linux, bytes on macOS
+    return (rss / 2**20 if sys.platform == "darwin" else rss / 2**10), "cpu_peak_rss"
+
+
+def write_run_summary(
+    output_dir: Path,
+    trainer: L.Trainer,
+    num_params: int,
+    started: float,
+    metrics: dict[str, float],
+) -> dict[str, Any]:
+    throughput = next((c for c in trainer.callbacks if isinstance(c, ThroughputLogger)), None)
+    memory, memory_kind = peak_memory_mb(trainer.strategy.root_device)
+    summary = {
+        "metrics": metrics,
+        "num_params": num_params,
+        "global_step": trainer.global_step,
+        "epochs": trainer.current_epoch,
+        "tokens_per_sec": throughput.average_tokens_per_sec if throughput else None,
+        "peak_memory_mb": memory,
+        "peak_memory_kind": memory_kind,
+        "wall_time_s": time.time() - started,
+        "started": started,
+        "finished": time.time(),
+        "world_size": trainer.world_size,
+        "precision": str(trainer.precision),
+    }
+    atomic_write_text(output_dir / "summary.json", json.dumps(summary, indent=2))
+    return summary
