@@ -35,7 +35,8 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
             f"Checkpoint {path} holds objects other than tensors and plain values, so it was "
             f"refused unread (weights_only=True): {str(error).splitlines()[0]}"
         ) from error
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+        # ValueError: e.g. a UnicodeDecodeError from bytes corrupted inside the pickle
         raise UserError(
             f"Checkpoint {path} is truncated or corrupted ({str(error).splitlines()[0]}). "
             "Use another checkpoint of the run, e.g. its checkpoints/last.ckpt or best-*.ckpt."

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from llm_scratch.checkpoint import load_model
-from llm_scratch.errors import UserError
+from llm_scratch.errors import UserError, show_traceback
 
 
 @dataclass
@@ -92,7 +91,7 @@ def main(argv: list[str]) -> int:
     try:
         samples = generate_samples(parse_args(argv))
     except UserError as error:
-        if os.environ.get("LLM_SCRATCH_TRACEBACK"):
+        if show_traceback():
             raise
         print(f"error: {error}", file=sys.stderr)
         return 2

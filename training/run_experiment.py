@@ -11,6 +11,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from llm_scratch.errors import one_line_hydra_errors
 from llm_scratch.train.run import train_or_exit
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
@@ -24,4 +25,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    with one_line_hydra_errors():  # a bad override: one "error:" line, exit status 2
+        main()

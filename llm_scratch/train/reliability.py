@@ -210,10 +210,22 @@ class SigtermCheckpoint(L.Callback):
         self.saved_step: int | None = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.received_sigterm and self.saved_step is None:
-            log.info("SIGTERM received: saving %s at step %d", self.path, trainer.global_step)
-            trainer.save_checkpoint(self.path)
-            self.saved_step = trainer.global_step
+        if trainer.received_sigterm:
+            self._save(trainer)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        # The signal came after this callback's on_train_batch_end: Lightning raises at the end
+        # of the batch (after any validation due there), a state it also resumes from exactly.
+        # During validation it raises mid-way; that state is not saved (the periodic one stays).
+        if isinstance(exception, SIGTERMException) and not trainer.validating:
+            self._save(trainer)
+
+    def _save(self, trainer: L.Trainer) -> None:
+        if self.saved_step is not None or trainer.sanity_checking:
+            return
+        log.info("SIGTERM received: saving %s at step %d", self.path, trainer.global_step)
+        trainer.save_checkpoint(self.path)
+        self.saved_step = trainer.global_step
 
 
 # ----------------------------------------------------------------------------- RNG state

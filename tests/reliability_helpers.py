@@ -1,0 +1,49 @@
+"""Callbacks the reliability tests add to a run through the entry point (``+callbacks.x=...``)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import lightning as L
+import torch
+
+
+class Throttle(L.Callback):
+    """Sleeps before (``where="start"``) or after each training batch, so a test can signal the
+    run mid-epoch."""
+
+    def __init__(self, seconds: float = 0.1, where: str = "end") -> None:
+        self.seconds = seconds
+        self.where = where
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.where == "start":
+            time.sleep(self.seconds)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.where == "end":
+            time.sleep(self.seconds)
+
+
+class PoisonLoss(L.Callback):
+    """Turns the weights to NaN after ``at_step`` optimizer steps (the next loss is NaN)."""
+
+    def __init__(self, at_step: int = 3) -> None:
+        self.at_step = at_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.at_step:
+            with torch.no_grad():
+                for p in pl_module.parameters():
+                    p.fill_(float("nan"))
+
+
+class Malicious:
+    """Unpickling this writes a marker file: stands for code a checkpoint must never run."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))

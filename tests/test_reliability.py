@@ -1,0 +1,398 @@
+"""Bad input gives one clear line, nothing is lost, unsafe files are refused: through the entry
+points users call (a few subprocesses) and through ``train()`` / ``sample.main()`` for the rest.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+
+from llm_scratch import sample
+from llm_scratch.data import corpora
+from llm_scratch.data.tokenizers import CharTokenizer
+from llm_scratch.errors import UserError, one_line
+from llm_scratch.model import GPTConfig
+from llm_scratch.train.module import GPTLightningModule
+from llm_scratch.train.reliability import (
+    AtomicCheckpointIO,
+    NonFiniteLossError,
+    training_errors,
+)
+from llm_scratch.train.run import train
+from tests.helpers import CONFIG_DIR, FAST, REPO, compose_config
+from tests.reliability_helpers import Malicious
+
+# A short char-level run on The Verdict: 23 batches of 24 windows of 32 characters per epoch.
+TINY = [
+    *FAST,
+    "data.tokenizer=char",
+    "data.context_length=32",
+    "data.stride=null",
+    "data.batch_size=24",
+    "trainer.limit_val_batches=2",
+]
+
+
+def run_cli(script: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    environ = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", **(env or {}))
+    return subprocess.run(
+        [sys.executable, script, *args],
+        cwd=REPO,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def assert_one_line_error(out: subprocess.CompletedProcess, *words: str) -> str:
+    assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
+    assert "Traceback" not in out.stderr, out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, out.stderr
+    for word in words:
+        assert word in errors[0], errors[0]
+    return errors[0]
+
+
+def char_checkpoint(path: Path, text: str = "hello world\n", context_length: int = 16) -> Path:
+    """A checkpoint like training writes, without training: the model, its config, tokenizer."""
+    tokenizer = CharTokenizer.from_text(text)
+    config = GPTConfig(
+        vocab_size=tokenizer.vocab_size,
+        context_length=context_length,
+        n_layer=1,
+        n_head=2,
+        n_embd=8,
+    )
+    module = GPTLightningModule.from_config(config, tokenizer=tokenizer.to_dict())
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    torch.save(checkpoint, path)
+    return path
+
+
+def malicious_checkpoint(path: Path, marker: Path) -> Path:
+    torch.save({"state_dict": {}, "hyper_parameters": Malicious(str(marker))}, path)
+    return path
+
+
+# ----------------------------------------------------------------------------- entry points
+def test_cli_unknown_override_is_one_line():
+    out = run_cli("training/run_experiment.py", "model.pre_normm=true")
+    assert_one_line_error(out, "model.pre_normm", "+model.pre_normm=true")
+
+
+def test_cli_missing_data_path_is_one_line(tmp_path):
+    out = run_cli(
+        "training/run_experiment.py",
+        "data=text",
+        f"data.path={tmp_path / 'missing.txt'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert_one_line_error(out, "missing.txt", "neither a named corpus")
+
+
+def test_cli_sample_refuses_malicious_checkpoint_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+    ckpt = malicious_checkpoint(tmp_path / "evil.ckpt", marker)
+    out = run_cli("training/sample.py", f"ckpt_path={ckpt}", "prompt=a")
+    assert_one_line_error(out, "refused", "weights_only")
+    assert not marker.exists()
+    # LLM_SCRATCH_TRACEBACK=1 shows the traceback instead
+    out = run_cli(
+        "training/sample.py", f"ckpt_path={ckpt}", "prompt=a", env={"LLM_SCRATCH_TRACEBACK": "1"}
+    )
+    assert out.returncode != 0 and "Traceback" in out.stderr
+    assert not marker.exists()
+
+
+def test_hydra_messages_become_one_line():
+    text = (
+        "In 'train': Could not find 'model/gpt-nanoo'\n\nAvailable options in 'model':\n"
+        "\tbaby\n\tgpt-nano\nConfig search path:\n\tprovider=hydra, path=pkg://hydra.conf\n"
+    )
+    assert one_line(text) == (
+        "In 'train': Could not find 'model/gpt-nanoo'; Available options in 'model': baby, "
+        "gpt-nano."
+    )
+
+
+# ----------------------------------------------------------------------------- data
+@pytest.mark.parametrize(
+    "content,overrides,match",
+    [
+        (None, [], "neither a named corpus"),  # missing file
+        (b"", [], "empty"),
+        (b"\xff\xfe\x00bad", [], "not UTF-8"),  # unreadable as text
+        (b"abcdefghij" * 3, ["data.val_fraction=0.5"], "too few|fewer than context_length"),
+        (b"abcdefghij" * 10, ["data.val_fraction=0.05"], "validation split"),
+    ],
+    ids=["missing", "empty", "not-utf8", "too-short", "short-val-split"],
+)
+def test_bad_corpus_files(tmp_path, content, overrides, match):
+    corpus = tmp_path / "corpus.txt"
+    if content is not None:
+        corpus.write_bytes(content)
+    cfg = compose_config(
+        [*TINY, "data=text", "data.tokenizer=char", f"data.path={corpus}", *overrides],
+        tmp_path / "run",
+    )
+    with pytest.raises(UserError, match=match):
+        train(cfg)
+
+
+def test_folder_without_text_files(tmp_path):
+    (tmp_path / "notes").mkdir()
+    cfg = compose_config([*TINY, "data=text", f"data.path={tmp_path / 'notes'}"], tmp_path / "run")
+    with pytest.raises(UserError, match="no .txt files"):
+        train(cfg)
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("data.corpus=nonexistent", "neither a named corpus"),
+        ("data.tokenizer=gpt7", "Unknown tokenizer"),
+    ],
+)
+def test_unknown_corpus_or_tokenizer(tmp_path, override, match):
+    with pytest.raises(UserError, match=match):
+        train(compose_config([*TINY, override], tmp_path / "run"))
+
+
+def test_failed_download_and_bad_checksum_through_train(tmp_path, monkeypatch):
+    empty = tmp_path / "empty"
+    overrides = [*TINY, f"paths.data_dir={empty}", f"paths.cache_dir={tmp_path / 'cache'}"]
+
+    def offline(url, out):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(corpora, "_download", offline)
+    with pytest.raises(UserError, match="Could not download the-verdict.txt.*no network"):
+        train(compose_config(overrides, tmp_path / "run1"))
+
+    monkeypatch.setattr(corpora, "_download", lambda url, out: out.write(b"not the verdict"))
+    with pytest.raises(UserError, match="sha256 .* expected"):
+        train(compose_config(overrides, tmp_path / "run2"))
+    assert not (tmp_path / "cache" / "the-verdict.txt").exists()
+
+
+# ----------------------------------------------------------------------------- model and config
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["model.n_embd=50"], "n_embd=50 is not divisible by n_head=3"),
+        (["model.n_layer=0"], "n_layer=0"),
+        (["model.dropout=1.5"], "dropout"),
+        (
+            ["model.context_length=16"],
+            "model.context_length=16 is shorter than data.context_length",
+        ),
+        (["model.n_layer=abc"], "model.n_layer.*wrong type"),
+        (["+model.n_layers=2"], "Unknown config key 'model.n_layers'"),
+    ],
+)
+def test_impossible_model_or_config(tmp_path, overrides, match):
+    with pytest.raises(UserError, match=match):
+        train(compose_config([*TINY, *overrides], tmp_path / "run"))
+
+
+def test_unwritable_output_dir(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(UserError, match="Cannot write to the run directory"):
+        train(compose_config(TINY, blocker / "run"))
+
+
+# ----------------------------------------------------------------------------- sampling
+@pytest.fixture
+def char_ckpt(tmp_path) -> Path:
+    return char_checkpoint(tmp_path / "char.ckpt")
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["prompt=hello ZQ"], "2 character\\(s\\) outside .*'Z', 'Q'"),
+        (["prompt=" + "hello " * 4], "longer than the model's context of 16"),
+        (["prompt=hello", "max_new_tokens=-1"], "max_new_tokens=-1"),
+        (["prompt=hello", "top_p=2"], "top_p=2"),
+        (["prompt=hello", "num_samplez=2"], "num_samplez"),
+    ],
+)
+def test_sample_bad_requests(char_ckpt, capsys, args, match):
+    assert sample.main([f"ckpt_path={char_ckpt}", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert pytest.importorskip("re").search(match, err), err
+
+
+def test_sample_good_request_works(char_ckpt, capsys):
+    assert sample.main([f"ckpt_path={char_ckpt}", "prompt=hello", "max_new_tokens=3"]) == 0
+    assert capsys.readouterr().out.startswith("hello")
+
+
+def test_sample_missing_truncated_corrupted_mismatched(tmp_path, char_ckpt, capsys):
+    data = char_ckpt.read_bytes()
+    (tmp_path / "truncated.ckpt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "corrupted.ckpt").write_bytes(data[:100] + b"\x00" * 200 + data[300:])
+    ckpt = torch.load(char_ckpt, weights_only=True)
+    ckpt["hyper_parameters"]["tokenizer"] = {"type": "char", "chars": list("xyz")}
+    torch.save(ckpt, tmp_path / "other_tokenizer.ckpt")
+    cases = {
+        "missing.ckpt": "does not exist",
+        "truncated.ckpt": "truncated or corrupted",
+        "corrupted.ckpt": "truncated or corrupted",
+        "other_tokenizer.ckpt": "does not belong with this tokenizer",
+    }
+    for name, match in cases.items():
+        assert sample.main([f"ckpt_path={tmp_path / name}", "prompt=x"]) == 2, name
+        err = capsys.readouterr().err
+        assert match in err and err.count("\n") == 1, (name, err)
+
+
+# ----------------------------------------------------------------------------- training runs
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """A 4-step run (gpt-nano, char-level Verdict) with its checkpoints."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    train(compose_config([*TINY, "trainer.max_steps=4"], run))
+    return run
+
+
+def test_everything_saved_loads_with_weights_only(trained_run):
+    ckpt = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 4
+    assert set(ckpt["rng_states"]) >= {"torch", "numpy", "python"}
+    assert ckpt["LMDataModule"]["windows_done"] == 4 * 24
+    assert any("SigtermCheckpoint" not in k for k in ckpt["callbacks"])
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["model.n_layer=4"], "another model configuration.*model.n_layer=3 there but 4 here"),
+        (["data.tokenizer=gpt2", "data.context_length=32"], "another tokenizer"),
+    ],
+)
+def test_resume_with_another_configuration_is_one_line(trained_run, tmp_path, overrides, match):
+    cfg = compose_config([*TINY, *overrides, f"ckpt_path={trained_run}"], tmp_path / "run")
+    with pytest.raises(UserError, match=match) as info:
+        train(cfg)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_resume_from_missing_truncated_or_malicious_checkpoint(trained_run, tmp_path):
+    data = (trained_run / "checkpoints" / "last.ckpt").read_bytes()
+    (tmp_path / "truncated.ckpt").write_bytes(data[: len(data) // 3])
+    marker = tmp_path / "pwned"
+    malicious_checkpoint(tmp_path / "evil.ckpt", marker)
+    cases = {
+        "missing.ckpt": "does not exist",
+        "truncated.ckpt": "truncated or corrupted",
+        "evil.ckpt": "refused unread",
+    }
+    for i, (name, match) in enumerate(cases.items()):
+        cfg = compose_config([*TINY, f"ckpt_path={tmp_path / name}"], tmp_path / f"run{i}")
+        with pytest.raises(UserError, match=match):
+            train(cfg)
+    assert not marker.exists()
+
+
+def test_lightning_load_state_dict_error_becomes_one_line(tmp_path):
+    long = (
+        "Error(s) in loading state_dict for GPTLightningModule:\n\tMissing key(s) in state_dict: "
+        '"model.blocks.3.attn.qkv.weight", ...\n\tsize mismatch for ...'
+    )
+    with (
+        pytest.raises(UserError, match="does not fit this model configuration") as info,
+        training_errors(trainer=None, batch_size=8, output_dir=tmp_path),  # type: ignore[arg-type]
+    ):
+        raise RuntimeError(long)
+    assert "\n" not in str(info.value)
+
+
+def test_out_of_memory_suggests_smaller_batches(tmp_path, monkeypatch):
+    def oom(self, batch, batch_idx):
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate "
+            "memory: you tried to allocate 68719476736 bytes. Error code 12"
+        )
+
+    monkeypatch.setattr(GPTLightningModule, "training_step", oom)
+    cfg = compose_config(
+        [*TINY, "trainer.max_steps=2", "trainer.accumulate_grad_batches=2"], tmp_path / "run"
+    )
+    with pytest.raises(
+        UserError, match="data.batch_size=24.*data.batch_size=12.*accumulate_grad_batches.*to 4"
+    ):
+        train(cfg)
+
+
+@pytest.mark.parametrize("check_every", [1, 100], ids=["checked-each-step", "checked-at-save"])
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, check_every):
+    run = tmp_path / "run"
+    cfg = compose_config(
+        [
+            *TINY,
+            "trainer.max_steps=8",
+            "callbacks.periodic_checkpoint.every_n_train_steps=2",
+            f"callbacks.finite_loss.check_every_n_steps={check_every}",
+            "+callbacks.poison._target_=tests.reliability_helpers.PoisonLoss",
+            "+callbacks.poison.at_step=3",
+        ],
+        run,
+    )
+    with pytest.raises(NonFiniteLossError, match=r"became nan at step 3 \(learning rate \d"):
+        train(cfg)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+
+
+def test_disk_full_during_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    real_save = torch.save
+    calls = []
+
+    def save(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the second checkpoint: half written, then the disk is full
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    cfg = compose_config(
+        [*TINY, "trainer.max_steps=6", "callbacks.periodic_checkpoint.every_n_train_steps=2"], run
+    )
+    with pytest.raises(
+        UserError, match="No space left on device.*previous checkpoint there is kept"
+    ):
+        train(cfg)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 2
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt"]
+
+
+def test_atomic_checkpoint_io_loads_weights_only(tmp_path):
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"a": torch.ones(2)}, tmp_path / "x.ckpt")
+    assert torch.equal(io.load_checkpoint(tmp_path / "x.ckpt")["a"], torch.ones(2))
+    malicious_checkpoint(tmp_path / "evil.ckpt", tmp_path / "pwned")
+    with pytest.raises(Exception, match="Weights only load failed|weights_only"):
+        io.load_checkpoint(tmp_path / "evil.ckpt")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_run_directories_differ_within_a_second():
+    text = (Path(CONFIG_DIR) / "hydra" / "default.yaml").read_text()
+    assert "runs/${now:%Y-%m-%d_%H-%M-%S_%f}" in text
