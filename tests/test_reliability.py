@@ -99,6 +99,7 @@ def test_cli_missing_data_path_is_one_line(tmp_path):
     assert_one_line_error(out, "missing.txt", "neither a named corpus")
 
 
+@pytest.mark.slow  # two subprocesses
 def test_cli_sample_refuses_malicious_checkpoint_without_running_it(tmp_path):
     marker = tmp_path / "pwned"
     ckpt = malicious_checkpoint(tmp_path / "evil.ckpt", marker)
