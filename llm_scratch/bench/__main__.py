@@ -1,0 +1,153 @@
+"""``python -m llm_scratch.bench <name> [options] [hydra overrides]``: run one benchmark (or all)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from llm_scratch.bench import BENCHMARKS
+from llm_scratch.bench.common import RESULTS_DIR, resolve_device, write_json
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m llm_scratch.bench",
+        description="Benchmarks of llm_scratch: a table on stdout, the figures as JSON.",
+    )
+    sub = p.add_subparsers(dest="name", required=True)
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        s = sub.add_parser(name, help=help)
+        s.add_argument("--out", help=f"JSON file (default {RESULTS_DIR}/{name}.json)")
+        s.add_argument("--no-save", action="store_true", help="print only, write no JSON")
+        s.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+        return s
+
+    for name in ("throughput", "overhead"):
+        s = add(
+            name,
+            "training tokens/s and MFU through Lightning"
+            if name == "throughput"
+            else "bare PyTorch loop vs LightningModule + Trainer, same model and batches",
+        )
+        s.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=gpt-mini")
+        s.add_argument("--steps", type=int, default=20, help="timed optimizer steps")
+        s.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+        s.add_argument("--repeats", type=int, default=1 if name == "throughput" else 3)
+        if name == "throughput":
+            s.add_argument(
+                "--variants",
+                nargs="+",
+                metavar="OVERRIDES",
+                help='extra overrides per variant, compared interleaved: "" "compile=true" '
+                '"trainer.precision=bf16-mixed"',
+            )
+
+    s = add("attention", "loop vs fused attention: forward + backward time, peak memory")
+    s.add_argument("--contexts", type=_ints, default=(64, 128, 256, 512, 1024))
+    s.add_argument("--heads", type=_ints, default=(2, 4, 8))
+    s.add_argument("--batch", type=int, default=4)
+    s.add_argument("--n-embd", type=int, default=256)
+    s.add_argument("--repeats", type=int, default=5)
+    s.add_argument("--no-memory", action="store_true", help="skip the peak-memory cases")
+    s.add_argument("--device", default="auto")
+
+    s = add("generation", "tokens/s with and without the KV cache")
+    s.add_argument("--model", default="gpt-micro", help="a GPTConfig preset")
+    s.add_argument("--vocab-size", type=int, default=50257)
+    s.add_argument("--new-tokens", type=int, default=500)
+    s.add_argument("--prompt-len", type=int, default=16)
+    s.add_argument("--batches", type=_ints, default=(1, 8))
+    s.add_argument("--past-context", type=int, default=128, help="0: skip that regime")
+    s.add_argument("--repeats", type=int, default=3)
+    s.add_argument("--device", default="auto")
+
+    s = add("data", "time and memory to build the datasets vs corpus size and stride")
+    s.add_argument("--scales", type=_ints, default=(1, 4, 16), help="Tiny Shakespeare copies")
+    s.add_argument("--tokenizer", default="gpt2")
+    s.add_argument("--context", type=int, default=256)
+    s.add_argument("--batch", type=int, default=8)
+    s.add_argument("--batches", type=int, default=200, help="batches timed from the loader")
+
+    s = add("all", "every benchmark with its defaults (several minutes on a CPU)")
+    s.add_argument("overrides", nargs="*", help="Hydra overrides for throughput and overhead")
+    return p
+
+
+def run_one(name: str, args: argparse.Namespace) -> dict:
+    if name == "throughput":
+        from llm_scratch.bench import throughput
+
+        return throughput.run(
+            args.overrides, getattr(args, "variants", None), args.steps, args.warmup, args.repeats
+        )
+    if name == "overhead":
+        from llm_scratch.bench import overhead
+
+        return overhead.run(args.overrides, args.steps, args.warmup, args.repeats)
+    if name == "attention":
+        from llm_scratch.bench import attention
+
+        return attention.run(
+            args.contexts,
+            args.heads,
+            args.batch,
+            args.n_embd,
+            args.repeats,
+            resolve_device(args.device),
+            memory=not args.no_memory,
+        )
+    if name == "generation":
+        from llm_scratch.bench import generation
+
+        return generation.run(
+            args.model,
+            args.vocab_size,
+            args.new_tokens,
+            args.prompt_len,
+            args.batches,
+            args.past_context,
+            args.repeats,
+            resolve_device(args.device),
+        )
+    if name == "data":
+        from llm_scratch.bench import data
+
+        return data.run(args.scales, args.tokenizer, args.context, args.batch, args.batches)
+    raise ValueError(name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))  # for subprocess cases
+    names = BENCHMARKS if args.name == "all" else (args.name,)
+    for name in names:
+        if args.name == "all":  # each with its own defaults
+            sub_args = parser().parse_args([name, *_passthrough(name, args)])
+        else:
+            sub_args = args
+        result = run_one(name, sub_args)
+        if not args.no_save:
+            out = args.out if args.name != "all" else None
+            if args.name == "all" and args.out:
+                out = Path(args.out) / f"{name}.json"
+            print(f"wrote {write_json(result, out, name)}", file=sys.stderr)
+    return 0
+
+
+def _passthrough(name: str, args: argparse.Namespace) -> list[str]:
+    return list(args.overrides) if name in ("throughput", "overhead") else []
+
+
+if __name__ == "__main__":
+    sys.exit(main())

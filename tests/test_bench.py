@@ -1,0 +1,143 @@
+"""The benchmarks run end to end at tiny sizes and produce sane figures (no speed is asserted:
+speed goals live in the benchmarks' output, not in timed tests)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from llm_scratch.bench import attention, data, generation, overhead, throughput
+from llm_scratch.bench.__main__ import main
+from llm_scratch.bench.common import measure_matmul_peak
+from llm_scratch.train.run import train
+from tests.helpers import FAST, compose_config
+from tests.test_train import column, read_metrics
+
+TINY = [
+    "model=gpt-nano",
+    "data=shakespeare_char",
+    "data.context_length=16",
+    "data.batch_size=2",
+    "trainer.accelerator=cpu",
+]
+
+
+def positive(x) -> bool:
+    return isinstance(x, float) and math.isfinite(x) and x > 0
+
+
+def test_matmul_peak_is_a_plausible_flop_rate():
+    assert 1e8 < measure_matmul_peak("cpu", n=256, repeats=2) < 1e15
+
+
+def test_throughput_through_lightning(shared_data_dir):
+    result = throughput.run(TINY, variants=["", "trainer.precision=bf16-mixed"], steps=3, warmup=1)
+    fp32, bf16 = result["rows"]
+    assert fp32["precision"] == "32-true" and bf16["precision"] == "bf16-mixed"
+    for row in (fp32, bf16):
+        assert positive(row["tokens_per_sec"]) and positive(row["step_ms_median"])
+        assert 0 < row["mfu"] < 1 and row["params"] > 0
+    assert fp32["speedup"] == 1.0
+    assert result["machine"]["torch"] == torch.__version__
+
+
+def test_overhead_compares_the_same_work(shared_data_dir):
+    result = overhead.run(TINY, steps=3, warmup=1, repeats=1, show=False)
+    assert positive(result["bare_tokens_per_sec"]) and positive(result["lightning_tokens_per_sec"])
+    assert result["ratio"] == pytest.approx(
+        result["lightning_tokens_per_sec"] / result["bare_tokens_per_sec"]
+    )
+
+
+def test_attention_loop_and_fused_agree_and_are_timed():
+    result = attention.run(
+        contexts=(8, 16), heads=(2,), batch=1, n_embd=16, repeats=1, memory=False
+    )
+    assert [r["context"] for r in result["rows"]] == [8, 16]
+    for row in result["rows"]:
+        assert row["max_abs_diff"] < 1e-5 and row["grad_max_abs_diff"] < 1e-5
+        assert positive(row["loop_ms"]) and positive(row["fused_ms"])
+        assert row["speedup"] == pytest.approx(row["loop_ms"] / row["fused_ms"])
+
+
+def test_attention_peak_memory_in_a_fresh_process():
+    row = attention.run(contexts=(64,), heads=(2,), batch=2, n_embd=32, repeats=1)["rows"][0]
+    assert row["loop_peak_mib"] >= 0 and row["fused_peak_mib"] >= 0
+
+
+def test_generation_cached_and_uncached_give_the_same_tokens():
+    result = generation.run(
+        model="gpt-nano", vocab_size=50, new_tokens=12, prompt_len=4, batches=(1, 2),
+        past_context=8, repeats=1,
+    )  # fmt: skip
+    assert [(r["regime"], r["batch"]) for r in result["rows"]] == [
+        ("within context", 1),
+        ("within context", 2),
+        ("past context", 1),
+        ("past context", 2),
+    ]
+    assert result["rows"][0]["context_length"] == 16
+    for row in result["rows"]:
+        assert row["same_tokens"]
+        assert positive(row["cached_tokens_per_sec"]) and positive(row["uncached_tokens_per_sec"])
+
+
+def test_data_build_at_both_strides(shared_data_dir):
+    result = data.run(scales=(0.02,), tokenizer="char", context=32, batch=4, batches=5)
+    one, ctx = result["rows"]
+    assert one["stride"] == 1 and ctx["stride"] == 32 and one["tokens"] == ctx["tokens"]
+    assert one["train_windows"] > 30 * ctx["train_windows"]
+    for row in (one, ctx):
+        assert positive(row["first_build_s"]) and row["peak_mib"] >= 0
+        assert positive(row["batches_per_sec"])
+
+
+def test_cli_writes_json(tmp_path, capsys):
+    out = tmp_path / "attn.json"
+    args = ["attention", "--contexts", "8", "--heads", "2", "--batch", "1", "--n-embd", "8"]
+    assert main([*args, "--repeats", "1", "--no-memory", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "attention" and len(result["rows"]) == 1
+    assert "Attention forward + backward" in capsys.readouterr().out
+
+
+def test_training_metrics_stay_logged_at_every_logging_step(tmp_path, shared_data_dir):
+    # train/lr is logged only on the steps the loggers write; those rows must all have it.
+    run = tmp_path / "run"
+    cfg = compose_config(
+        [
+            *FAST,
+            "trainer.max_epochs=2",
+            "trainer.log_every_n_steps=3",
+            "trainer.limit_val_batches=1",
+        ],
+        run,
+    )
+    train(cfg)
+    rows = read_metrics(run)
+    loss_rows = [r for r in rows if r.get("train/loss")]
+    assert [int(r["step"]) for r in loss_rows] == [2, 5, 8, 11, 14, 17]
+    assert all(r.get("train/lr") for r in loss_rows)
+    assert len(column(rows, "train/epoch_loss")) == 2
+    assert all(0 < v < 20 for v in column(rows, "train/epoch_loss"))
+
+
+@pytest.mark.slow
+def test_compile_trains_and_keeps_plain_state_dict_keys(tmp_path, shared_data_dir):
+    result = throughput.run([*TINY, "compile=true"], steps=2, warmup=2, show=False)
+    assert result["rows"][0]["compile"] and positive(result["rows"][0]["tokens_per_sec"])
+    from llm_scratch.model import GPTConfig
+    from llm_scratch.train.module import GPTLightningModule
+
+    module = GPTLightningModule.from_config(
+        GPTConfig.from_name("gpt-nano", vocab_size=40, context_length=16), compile=True
+    )
+    x = torch.randint(0, 40, (2, 8))
+    logits, loss = module(x, x)
+    loss.backward()
+    assert not any("_orig_mod" in k for k in module.state_dict())
+    out = module.model.generate(x[:1, :4], 4, temperature=0.0)
+    assert out.shape == (1, 8)
