@@ -92,6 +92,8 @@ class ThroughputLogger(L.Callback):
         self._window_start: float | None = None
         self._flops_per_token = 0
         self.last_tokens_per_sec: float | None = None
+        self._train_start: float | None = None
+        self._tokens_at_start = 0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._flops_per_token = pl_module.model.flops_per_token()
@@ -100,7 +102,16 @@ class ThroughputLogger(L.Callback):
 
             dtype = torch.bfloat16 if "bf16" in str(trainer.precision) else torch.float32
             self.peak_flops = get_available_flops(trainer.strategy.root_device, dtype)
-        self._window_start = time.perf_counter()
+        self._window_start = self._train_start = time.perf_counter()
+        self._tokens_at_start = self.tokens_seen
+
+    @property
+    def average_tokens_per_sec(self) -> float | None:
+        """Tokens per second over this process's whole training, validation time included."""
+        if self._train_start is None:
+            return None
+        elapsed = time.perf_counter() - self._train_start
+        return (self.tokens_seen - self._tokens_at_start) / max(elapsed, 1e-9)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         tokens = batch[1].numel() * trainer.world_size

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -26,6 +27,7 @@ from llm_scratch.train.reliability import (
     check_resume_checkpoint,
     training_errors,
 )
+from llm_scratch.train.summary import write_run_summary
 from llm_scratch.train.validate import validate_config
 from llm_scratch.utils.io import atomic_write_text
 
@@ -55,8 +57,21 @@ def _build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     return callbacks
 
 
+def _wandb_has_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
 def _build_loggers(cfg: DictConfig) -> list:
-    return [instantiate(node) for node in (cfg.get("logger") or {}).values() if node]
+    nodes = [node for node in (cfg.get("logger") or {}).values() if node]
+    uses_wandb = any("WandbLogger" in str(node.get("_target_", "")) for node in nodes)
+    if uses_wandb and "WANDB_MODE" not in os.environ and not _wandb_has_credentials():
+        # wandb would otherwise stop at an interactive login prompt
+        log.info("No W&B API key found: logging offline (upload later with `wandb sync`).")
+        os.environ["WANDB_MODE"] = "offline"
+    return [instantiate(node) for node in nodes]
 
 
 def _check_output_dir(output_dir: Path, resuming: bool) -> None:
@@ -82,6 +97,7 @@ def _check_output_dir(output_dir: Path, resuming: bool) -> None:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train a GPT as ``cfg`` says; return the final metrics (``train/loss``, ``val/loss`` ...)."""
+    started = time.time()
     route_lightning_logs()
     # The run directory already holds config.yaml and tokenizer.json when the CSV logger starts;
     # _check_output_dir has made sure it holds no earlier metrics.
@@ -144,7 +160,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
             trainer.validate(module, datamodule=datamodule)
     finally:
         _finish_loggers(loggers)
-    return {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v)}
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v)}
+    if trainer.is_global_zero:
+        write_run_summary(output_dir, trainer, module.model.num_params(), started, metrics)
+    return metrics
 
 
 def _finish_loggers(loggers: list) -> None:
