@@ -261,6 +261,23 @@ class GPT(nn.Module):
         probs = F.softmax(logits, dim=-1)
         return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
 
+    @classmethod
+    def from_hf(cls, source, **overrides) -> "GPT":
+        """A GPT with the weights of a Hugging Face GPT-2 checkpoint: a ``save_pretrained``
+        directory, a hub name such as ``"gpt2"`` (online), or a ``GPT2LMHeadModel``.
+        ``overrides``: dropout, attention, layer_init, context_length (<= n_positions).
+        Needs ``transformers`` (``pip install -e ".[hf]"``); see llm_scratch/model/hf.py."""
+        from llm_scratch.model.hf import from_hf
+
+        return from_hf(source, **overrides)
+
+    def save_hf(self, directory) -> None:
+        """Write this GPT as a Hugging Face GPT-2 directory (``GPT2LMHeadModel.from_pretrained``
+        loads it with the same logits). ValueError for post-norm or bias-free models."""
+        from llm_scratch.model.hf import save_hf
+
+        save_hf(self, directory)
+
     def num_params(self, non_embedding: bool = False) -> int:
         """Number of parameters, a tied matrix counted once (as model.parameters() does).
 

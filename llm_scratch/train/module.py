@@ -10,7 +10,8 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 
-from llm_scratch.model import GPT, GPTConfig
+from llm_scratch.model import GPTConfig
+from llm_scratch.train.hf_backend import build_model, load_initial_weights
 from llm_scratch.train.optim import OptimizerConfig, SchedulerConfig, build_adamw, lr_multiplier
 from llm_scratch.train.reliability import get_rng_states, set_rng_states
 
@@ -26,6 +27,11 @@ class GPTLightningModule(L.LightningModule):
         tokenizer: the tokenizer's description (``Tokenizer.to_dict()``), stored in every
             checkpoint so that a checkpoint can be decoded without the corpus.
         compile: run the model through ``torch.compile`` (the state_dict keys do not change).
+        init_from: a Hugging Face GPT-2 checkpoint (directory or hub name) whose weights the
+            model starts from (fine-tuning); ``model`` must match its architecture.
+
+    ``model`` with ``backend: hf_gpt2`` (an :class:`HFGPT2Config`'s fields) trains Hugging Face's
+    GPT2LMHeadModel instead of our GPT (see llm_scratch/train/hf_backend.py).
     """
 
     def __init__(
@@ -35,11 +41,13 @@ class GPTLightningModule(L.LightningModule):
         scheduler: dict[str, Any] | None = None,
         tokenizer: dict[str, Any] | None = None,
         compile: bool = False,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model_config = GPTConfig(**model)
-        self.model = GPT(self.model_config)
+        self.model_config, self.model = build_model(model)
+        if init_from:
+            load_initial_weights(self.model, init_from)
         self.optimizer_config = OptimizerConfig(**(optimizer or {}))
         self.scheduler_config = SchedulerConfig(**(scheduler or {}))
         # Kept out of the module tree, so state_dict keys stay "model.*" with or without compile.

@@ -21,6 +21,7 @@ from llm_scratch.errors import UserError, one_line, show_traceback
 from llm_scratch.train.callbacks import LineProgressBar
 from llm_scratch.train.checkpoints import resolve_ckpt_path
 from llm_scratch.train.config_tree import print_config_tree
+from llm_scratch.train.hf_backend import init_from_model_config
 from llm_scratch.train.module import GPTLightningModule
 from llm_scratch.train.reliability import (
     AtomicCheckpointIO,
@@ -118,8 +119,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data)
+    init_from = cfg.get("init_from")
     try:
-        model_config = instantiate(cfg.model, vocab_size=datamodule.vocab_size)
+        if init_from:  # fine-tuning: the architecture is the GPT-2 checkpoint's
+            model_config = init_from_model_config(
+                OmegaConf.to_container(cfg.model, resolve=True),
+                init_from,
+                vocab_size=datamodule.vocab_size,
+                context_length=cfg.data.context_length,
+            )
+        else:
+            model_config = instantiate(cfg.model, vocab_size=datamodule.vocab_size)
     except (ValueError, InstantiationException) as error:
         cause = error.__cause__ if isinstance(error.__cause__, ValueError) else error
         raise UserError(f"Bad model configuration: {cause}") from error
@@ -140,6 +150,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
         tokenizer=tokenizer.to_dict(),
         compile=cfg.get("compile", False),
+        init_from=init_from,
     )
     log.info(
         "model: %s parameters (%s), vocab %d, context %d",

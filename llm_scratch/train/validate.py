@@ -28,6 +28,7 @@ class RunSchema:
     task_name: str = "train"
     seed: int = 1337
     ckpt_path: str | None = None
+    init_from: str | None = None
     compile: bool = False
     train: bool = True
     validate_after: bool = False
