@@ -28,10 +28,23 @@ class SampleConfig:
     device: str = "auto"
 
 
+# Taken verbatim: a prompt such as "ROMEO:" or "[1, 2]" is text, not YAML.
+TEXT_KEYS = ("ckpt_path", "prompt", "prompt_file", "device")
+
+
 def parse_args(argv: list[str]) -> SampleConfig:
+    text, typed = {}, []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise UserError(f'Bad argument {arg!r}: write key=value, e.g. prompt="Once upon"')
+        if key in TEXT_KEYS:
+            text[key] = value
+        else:
+            typed.append(arg)
     try:
         schema = OmegaConf.structured(SampleConfig)
-        cfg = OmegaConf.merge(schema, OmegaConf.from_dotlist(argv))
+        cfg = OmegaConf.merge(schema, OmegaConf.from_dotlist(typed), text)
         if OmegaConf.is_missing(cfg, "ckpt_path"):
             raise UserError("ckpt_path is required: ckpt_path=<run dir or .ckpt file>")
         return SampleConfig(**OmegaConf.to_container(cfg))

@@ -160,3 +160,16 @@ def test_a_new_run_never_overwrites_an_earlier_one(tmp_path):
     with pytest.raises(UserError, match="already holds a run"):
         train(cfg)
     assert (run / "checkpoints" / "last.ckpt").read_bytes() == b"earlier"
+
+
+def test_sample_arguments_take_prompts_verbatim_and_check_types():
+    from llm_scratch.sample import parse_args
+
+    cfg = parse_args(["ckpt_path=run", "prompt=ROMEO: [1, 2]", "top_k=5", "temperature=0"])
+    assert (cfg.prompt, cfg.top_k, cfg.temperature) == ("ROMEO: [1, 2]", 5, 0.0)
+    with pytest.raises(UserError, match="Bad argument.*abc"):
+        parse_args(["ckpt_path=run", "top_k=abc"])
+    with pytest.raises(UserError, match="write key=value"):
+        parse_args(["prompt"])
+    with pytest.raises(UserError, match="ckpt_path is required"):
+        parse_args(["prompt=hi"])

@@ -86,7 +86,10 @@ def _table(jobs: list[JobResult]) -> list[str]:
 
 
 def _samples(jobs: list[JobResult]) -> list[str]:
-    lines = ["| job | sample (greedy, from the last validation) |", "| --- | --- |"]
+    lines = [
+        "| job | sample at the last validation (callbacks.text_sampler settings) |",
+        "| --- | --- |",
+    ]
     for job in jobs:
         text = (job.sample or "–").replace("|", "\\|").replace("\n", "<br>")
         lines.append(f"| {job.label} | {text} |")
