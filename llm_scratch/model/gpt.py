@@ -123,6 +123,14 @@ class GPT(nn.Module):
 
         With a kv_cache, idx holds only the new tokens; they are placed after the cached ones.
         """
+        logits = self.lm_head(self.hidden_states(idx, kv_cache))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+        return logits, loss
+
+    def hidden_states(self, idx: Tensor, kv_cache: KVCache | None = None) -> Tensor:
+        """The final hidden states (B, T, n_embd) that the LM head turns into logits."""
         if idx.dim() != 2:
             raise ValueError(f"idx must have shape (batch, time), got {tuple(idx.shape)}")
         B, T = idx.shape
@@ -145,14 +153,7 @@ class GPT(nn.Module):
             x = block(x, kv_cache, layer)
         if self.config.pre_norm:
             x = self.transformer.ln_f(x)
-        logits = self.lm_head(x)
-
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(
-                logits.view(B * T, -1), targets.reshape(B * T), ignore_index=-100
-            )
-        return logits, loss
+        return x
 
     @torch.no_grad()
     def generate(
@@ -215,7 +216,7 @@ class GPT(nn.Module):
         cache: KVCache | None = None
         for _ in range(max_new_tokens):
             if not use_cache:
-                logits, _ = self(idx[:, -ctx:])  # crop to the context window
+                hidden = self.hidden_states(idx[:, -ctx:])  # crop to the context window
             elif cache is None or cache.length >= ctx:
                 # (Re)fill the cache from the last ctx tokens. Positions are learned and
                 # absolute, so once the window slides every cached key/value was computed at
@@ -223,11 +224,13 @@ class GPT(nn.Module):
                 # re-run the whole cropped window. That keeps the result exactly what the
                 # uncached path computes; past context_length it just stops saving work.
                 cache = KVCache(self.config.n_layer)
-                logits, _ = self(idx[:, -ctx:], kv_cache=cache)
+                hidden = self.hidden_states(idx[:, -ctx:], kv_cache=cache)
             else:  # feed only the newest token, at position cache.length
-                logits, _ = self(idx[:, -1:], kv_cache=cache)
+                hidden = self.hidden_states(idx[:, -1:], kv_cache=cache)
 
-            next_id = self._pick(logits[:, -1, :], temperature, top_k, top_p, generator)
+            # Only the last position's logits are needed: one row of the LM head, not T.
+            logits = self.lm_head(hidden[:, -1, :])
+            next_id = self._pick(logits, temperature, top_k, top_p, generator)
             if eos_id is not None:
                 next_id = torch.where(finished, torch.full_like(next_id, eos_id), next_id)
                 finished |= next_id == eos_id

@@ -117,7 +117,16 @@ class HFGPT2(nn.Module):
         kwargs["use_cache"] = False
         return GPT.generate(self, idx, max_new_tokens, **kwargs)
 
-    # GPT's sampling loop and parameter rules only use forward(), config and parameters().
+    def hidden_states(self, idx: Tensor, kv_cache: None = None) -> Tensor:
+        """The final hidden states (after ln_f), as :meth:`GPT.hidden_states`."""
+        return self.hf.transformer(input_ids=idx, use_cache=False).last_hidden_state
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.hf.lm_head
+
+    # GPT's sampling loop and parameter rules only use hidden_states(), lm_head, config and
+    # parameters().
     _generate = GPT._generate
     _pick = staticmethod(GPT._pick)
     optimizer_param_groups = GPT.optimizer_param_groups
