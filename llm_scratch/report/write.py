@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from pathlib import Path
 
 import matplotlib
@@ -85,14 +86,20 @@ def _table(jobs: list[JobResult]) -> list[str]:
     return lines
 
 
+def _sample_cell(text: str | None) -> str:
+    """One table cell: newlines shown as ↵ (a run of them as ↵×N), pipes escaped."""
+    if not text:
+        return "–"
+    text = re.sub(r"\n{3,}", lambda m: f" ↵×{len(m.group())} ", text)
+    return text.replace("\n", "↵").replace("|", "\\|")
+
+
 def _samples(jobs: list[JobResult]) -> list[str]:
     lines = [
-        "| job | sample at the last validation (callbacks.text_sampler settings) |",
+        "| job | sample at the last validation (callbacks.text_sampler settings; ↵ = newline) |",
         "| --- | --- |",
     ]
-    for job in jobs:
-        text = (job.sample or "–").replace("|", "\\|").replace("\n", "<br>")
-        lines.append(f"| {job.label} | {text} |")
+    lines += [f"| {job.label} | {_sample_cell(job.sample)} |" for job in jobs]
     return lines
 
 
