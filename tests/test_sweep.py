@@ -162,7 +162,7 @@ def test_bf16_mixed_on_cpu_trains_with_a_finite_falling_loss(tmp_path):
 
 def test_ablation_experiments_define_their_sweeps(tmp_path):
     expected = {
-        "norm": {"model.pre_norm", "scheduler.warmup_fraction"},
+        "norm": {"model.pre_norm", "scheduler.warmup_fraction", "scheduler.warmup_steps"},
         "init": {"model.layer_init"},
         "attention": {"model.attention"},
         "tying": {"model.tie_weights"},
@@ -183,3 +183,18 @@ def test_slurm_launcher_config_composes(tmp_path):
     )
     assert "submitit" in cfg.hydra.launcher._target_
     assert cfg.hydra.launcher.tasks_per_node == 4 and cfg.hydra.launcher.nodes == 2
+
+
+def test_norm_sweep_varies_warmup_on_any_base_and_two_warmups_are_refused(tmp_path):
+    from llm_scratch.train.optim import SchedulerConfig, lr_multiplier
+
+    cfg = compose_config(["experiment=shakespeare_cpu", "ablation=norm"], tmp_path)
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params)
+    # the base's warmup_steps=50 would otherwise win over warmup_fraction in every job
+    assert cfg.scheduler.warmup_steps == 50 and params["scheduler.warmup_steps"] == 0
+    none = SchedulerConfig(name="constant", warmup_steps=0, warmup_fraction=0.0)
+    tenth = SchedulerConfig(name="constant", warmup_steps=0, warmup_fraction=0.1)
+    assert lr_multiplier(0, none, 100, 1e-3) == 1.0
+    assert lr_multiplier(0, tenth, 100, 1e-3) == pytest.approx(0.1)
+    with pytest.raises(UserError, match="both set a warm-up"):
+        SchedulerConfig(warmup_steps=5, warmup_fraction=0.1)

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from llm_scratch.errors import UserError
+
 SCHEDULES = ("cosine", "linear", "constant")
 
 
@@ -23,11 +25,11 @@ class OptimizerConfig:
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
-            raise ValueError(f"optimizer.lr={self.lr} must be positive")
+            raise UserError(f"optimizer.lr={self.lr} must be positive")
         if self.weight_decay < 0:
-            raise ValueError(f"optimizer.weight_decay={self.weight_decay} must be >= 0")
+            raise UserError(f"optimizer.weight_decay={self.weight_decay} must be >= 0")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"optimizer.betas={list(self.betas)} must be two numbers in [0, 1)")
+            raise UserError(f"optimizer.betas={list(self.betas)} must be two numbers in [0, 1)")
 
 
 @dataclass
@@ -48,11 +50,16 @@ class SchedulerConfig:
 
     def __post_init__(self) -> None:
         if self.name not in SCHEDULES:
-            raise ValueError(f"scheduler.name={self.name!r} is unknown: choose one of {SCHEDULES}")
+            raise UserError(f"scheduler.name={self.name!r} is unknown: choose one of {SCHEDULES}")
         if self.warmup_steps < 0 or not 0 <= self.warmup_fraction < 1:
-            raise ValueError("scheduler.warmup_steps must be >= 0 and warmup_fraction in [0, 1)")
+            raise UserError("scheduler.warmup_steps must be >= 0 and warmup_fraction in [0, 1)")
+        if self.warmup_steps > 0 and self.warmup_fraction > 0:
+            raise UserError(
+                f"scheduler.warmup_steps={self.warmup_steps} and scheduler.warmup_fraction="
+                f"{self.warmup_fraction} both set a warm-up: set one of them to 0."
+            )
         if self.min_lr < 0:
-            raise ValueError(f"scheduler.min_lr={self.min_lr} must be >= 0")
+            raise UserError(f"scheduler.min_lr={self.min_lr} must be >= 0")
 
 
 def build_adamw(
