@@ -191,7 +191,7 @@ def test_norm_sweep_varies_warmup_on_any_base_and_two_warmups_are_refused(tmp_pa
     cfg = compose_config(["experiment=shakespeare_cpu", "ablation=norm"], tmp_path)
     params = OmegaConf.to_container(cfg.hydra.sweeper.params)
     # the base's warmup_steps=50 would otherwise win over warmup_fraction in every job
-    assert cfg.scheduler.warmup_steps == 50 and params["scheduler.warmup_steps"] == 0
+    assert cfg.scheduler.warmup_steps == 50 and str(params["scheduler.warmup_steps"]) == "0"
     none = SchedulerConfig(name="constant", warmup_steps=0, warmup_fraction=0.0)
     tenth = SchedulerConfig(name="constant", warmup_steps=0, warmup_fraction=0.1)
     assert lr_multiplier(0, none, 100, 1e-3) == 1.0
