@@ -420,6 +420,40 @@ def test_sampler_under_distributed_wrapper() -> None:
     assert shards(0) == [r0, r1] and shards(1) != [r0, r1]
 
 
+def test_mid_epoch_resume_under_ddp_restarts_the_epoch(caplog: pytest.LogCaptureFixture) -> None:
+    # DistributedSamplerWrapper keeps the whole epoch's length: a sampler shortened by resume_at
+    # made it index past the end (IndexError) on a DDP resume.
+    from types import SimpleNamespace
+
+    from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+
+    def resumed(world_size: int) -> LMDataModule:
+        dm = LMDataModule(corpus="verdict", tokenizer="char", context_length=32, batch_size=4)
+        dm.trainer = SimpleNamespace(world_size=world_size, is_global_zero=True)
+        dm.setup("fit")
+        n = dm.train_sampler.n
+        dm.load_state_dict({"epoch": 1, "windows_done": 8, "num_windows": n, "seed": dm.seed})
+        return dm
+
+    with caplog.at_level("WARNING", logger="llm_scratch.data.datamodule"):
+        dm = resumed(world_size=2)
+    assert "restarts from its first batch" in caplog.text
+    sampler = dm.train_sampler
+    shards = []
+    for rank in range(2):
+        w = DistributedSamplerWrapper(sampler, num_replicas=2, rank=rank, shuffle=False)
+        w.set_epoch(1)
+        shards.append(list(w))
+    # the whole epoch (no IndexError), split between the ranks
+    assert len(shards[0]) == len(shards[1]) == (sampler.n + 1) // 2
+    assert set(shards[0] + shards[1]) == set(range(sampler.n))
+    # one process: the epoch continues at the first window not trained on
+    single = resumed(world_size=1).train_sampler
+    epoch1 = EpochShuffleSampler(single.n, seed=single.seed)
+    epoch1.set_epoch(1)
+    assert list(single) == list(epoch1)[8:]
+
+
 # --------------------------------------------------------------------------- LMDataModule
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import numbers
 import os
 from typing import Any
@@ -17,6 +18,8 @@ from llm_scratch.data.datasets import EpochShuffleSampler, RandomWindowDataset, 
 from llm_scratch.data.token_cache import tokenize_cached
 from llm_scratch.data.tokenizers import CharTokenizer, Tokenizer, build_tokenizer
 from llm_scratch.errors import UserError
+
+log = logging.getLogger(__name__)
 
 SAMPLINGS = ("sliding", "random")
 
@@ -273,7 +276,8 @@ class LMDataModule(L.LightningDataModule):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue the saved epoch at the first window the saved run had not trained on."""
+        """Continue the saved epoch at the first window the saved run had not trained on (under
+        DDP the saved epoch restarts from its first batch instead)."""
         self._resume = dict(state) if state and "windows_done" in state else None
         self._apply_resume()
 
@@ -283,7 +287,21 @@ class LMDataModule(L.LightningDataModule):
             return
         # other data or another seed: the saved position means nothing for this order
         if (state.get("num_windows"), state.get("seed")) == (sampler.n, self.seed):
-            sampler.resume_at(int(state["epoch"]), int(state["windows_done"]))
+            trainer = self.trainer
+            if trainer is not None and trainer.world_size > 1:
+                # DistributedSamplerWrapper keeps the whole epoch's length and would index past
+                # the end of a shortened order: the epoch restarts (same seed-based order).
+                if int(state["windows_done"]) > 0 and trainer.is_global_zero:
+                    log.warning(
+                        "Resuming under DDP (world_size=%d): epoch %d restarts from its first "
+                        "batch; the window order stays the same (seed %d).",
+                        trainer.world_size,
+                        int(state["epoch"]),
+                        self.seed,
+                    )
+                sampler.set_epoch(int(state["epoch"]))
+            else:
+                sampler.resume_at(int(state["epoch"]), int(state["windows_done"]))
         self._resume = None
 
     def train_dataloader(self) -> DataLoader:
