@@ -30,6 +30,27 @@ def show_traceback() -> bool:
     return os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
 
 
+def report_user_error(error: UserError) -> int:
+    """Print ``error`` as one ``error:`` line on stderr and return its exit status; re-raise it
+    instead when ``LLM_SCRATCH_TRACEBACK`` asks for the traceback. For entry points that return
+    their exit status; the others use :func:`exit_on_user_error`."""
+    if show_traceback():
+        raise error
+    print(f"error: {error}", file=sys.stderr)
+    return error.exit_code
+
+
+@contextlib.contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    """Turn a :class:`UserError` raised inside into one ``error:`` line on stderr and
+    ``sys.exit(error.exit_code)`` (2, or 143 after a SIGTERM); ``LLM_SCRATCH_TRACEBACK=1`` lets
+    it propagate with its traceback."""
+    try:
+        yield
+    except UserError as error:
+        sys.exit(report_user_error(error))
+
+
 def one_line(text: str) -> str:
     """Hydra's and OmegaConf's multi-line messages as one line (search paths and hints dropped)."""
     parts: list[str] = []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from llm_scratch.checkpoint import load_model
-from llm_scratch.errors import UserError, show_traceback
+from llm_scratch.errors import UserError, report_user_error
 
 
 @dataclass
@@ -104,10 +103,7 @@ def main(argv: list[str]) -> int:
     try:
         samples = generate_samples(parse_args(argv))
     except UserError as error:
-        if show_traceback():
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report_user_error(error)
     for i, text in enumerate(samples):
         if len(samples) > 1:
             print(f"--- sample {i + 1} ---")

@@ -5,11 +5,10 @@ and its PNG plots into the multirun directory, or into --out.
 """
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from llm_scratch.errors import UserError
+from llm_scratch.errors import UserError, report_user_error
 from llm_scratch.report import collect_jobs, write_report
 
 
@@ -26,10 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         title = args.title or f"Sweep report: {args.sweep_dir}"
         path = write_report(jobs, shared, args.out or args.sweep_dir, title=title)
     except UserError as error:
-        if os.environ.get("LLM_SCRATCH_TRACEBACK"):
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report_user_error(error)
     print(f"wrote {path} ({len(jobs)} jobs)")
     return 0
 

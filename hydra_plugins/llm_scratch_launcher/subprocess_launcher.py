@@ -14,7 +14,6 @@ that starts later gets the GPUs a finished one gave back.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -183,7 +182,7 @@ def _on(gpus: str | None) -> str:
 
 
 def _val_loss(job_dir: Path) -> float | None:
-    summary = job_dir / "summary.json"
-    if not summary.is_file():
-        return None
-    return json.loads(summary.read_text()).get("metrics", {}).get("val/loss")
+    # imported here: Hydra imports every plugin at start-up, and this pulls in Lightning
+    from llm_scratch.train.summary import read_summary
+
+    return read_summary(job_dir).get("metrics", {}).get("val/loss")

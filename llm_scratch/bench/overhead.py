@@ -52,12 +52,16 @@ def bare_run(cfg: DictConfig, steps: int, warmup: int) -> dict[str, Any]:
     model.train()
     opt_cfg = OptimizerConfig(**OmegaConf.to_container(cfg.optimizer, resolve=True))
     sched_cfg = SchedulerConfig(**OmegaConf.to_container(cfg.scheduler, resolve=True))
-    optimizer = build_adamw(model.optimizer_param_groups(opt_cfg.weight_decay), opt_cfg, device)
+    clip = cfg.trainer.get("gradient_clip_val")
+    bf16 = "bf16" in str(cfg.trainer.precision)
+    # as GPTLightningModule.configure_optimizers: Lightning refuses fused AdamW when it clips
+    # gradients under mixed precision, so the bare loop must not use it there either
+    clips_mixed = "mixed" in str(cfg.trainer.precision) and bool(clip)
+    groups = model.optimizer_param_groups(opt_cfg.weight_decay)
+    optimizer = build_adamw(groups, opt_cfg, device, clips_mixed)
     total = sched_cfg.total_steps or steps + warmup
     scheduler = LambdaLR(optimizer, lambda step: lr_multiplier(step, sched_cfg, total, opt_cfg.lr))
     forward = torch.compile(model) if cfg.get("compile", False) else model
-    clip = cfg.trainer.get("gradient_clip_val")
-    bf16 = "bf16" in str(cfg.trainer.precision)
     ends: list[float] = []
     loader = datamodule.train_dataloader()
     datamodule.train_sampler.set_epoch(0)

@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from llm_scratch.errors import UserError
+from llm_scratch.train.summary import read_summary
 
 # Overrides the launcher adds to every job; they say nothing about what the job varied.
 _INTERNAL_PREFIXES = ("hydra.",)
@@ -65,8 +66,7 @@ def _read_job(job_dir: Path) -> JobResult:
     overrides = yaml.safe_load(overrides_file.read_text()) or [] if overrides_file.is_file() else []
     overrides = [o for o in overrides if not o.startswith(_INTERNAL_PREFIXES)]
     train, val = _read_curves(job_dir / "metrics.csv")
-    summary_file = job_dir / "summary.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    summary = read_summary(job_dir)
     return JobResult(
         path=job_dir,
         overrides=overrides,

@@ -17,7 +17,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from llm_scratch.errors import UserError, one_line, show_traceback
+from llm_scratch.errors import UserError, exit_on_user_error, one_line
 from llm_scratch.train.callbacks import LineProgressBar
 from llm_scratch.train.checkpoints import resolve_ckpt_path
 from llm_scratch.train.config_tree import print_config_tree
@@ -189,17 +189,10 @@ def _finish_loggers(loggers: list) -> None:
 def train_or_exit(cfg: DictConfig) -> dict[str, Any]:
     """Run :func:`train`; a :class:`UserError` becomes one line on stderr and exit status 2
     (143 after a SIGTERM); ``LLM_SCRATCH_TRACEBACK=1`` shows the traceback instead."""
-    try:
-        return train(cfg)
-    except UserError as error:
-        if show_traceback():
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(error.exit_code)
-    except InstantiationException as error:  # a config node's object refused its arguments
-        if show_traceback():
-            raise
-        cause = error.__cause__
-        text = str(cause) if isinstance(cause, UserError | ValueError | TypeError) else str(error)
-        print(f"error: {one_line(text)}", file=sys.stderr)
-        sys.exit(2)
+    with exit_on_user_error():
+        try:
+            return train(cfg)
+        except InstantiationException as error:  # a config node's object refused its arguments
+            cause = error.__cause__
+            known = isinstance(cause, UserError | ValueError | TypeError)
+            raise UserError(one_line(str(cause) if known else str(error))) from error

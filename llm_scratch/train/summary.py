@@ -12,8 +12,25 @@ from typing import Any
 import lightning as L
 import torch
 
+from llm_scratch.errors import UserError
 from llm_scratch.train.callbacks import ThroughputLogger
 from llm_scratch.utils.io import atomic_write_text
+
+SUMMARY_FILE = "summary.json"
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    """The ``summary.json`` of the run in ``run_dir``; empty when the run wrote none."""
+    path = Path(run_dir) / SUMMARY_FILE
+    if not path.is_file():
+        return {}
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"Cannot read the run summary {path}: {error}") from error
+    if not isinstance(summary, dict):
+        raise UserError(f"Cannot read the run summary {path}: not a JSON object")
+    return summary
 
 
 def peak_memory_mb(device: torch.device) -> tuple[float, str]:
@@ -48,5 +65,5 @@ def write_run_summary(
         "world_size": trainer.world_size,
         "precision": str(trainer.precision),
     }
-    atomic_write_text(output_dir / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(output_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
     return summary
