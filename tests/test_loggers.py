@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from llm_scratch.train.run import train
@@ -25,6 +27,7 @@ def test_wandb_without_an_api_key_logs_offline(tmp_path, monkeypatch):
     offline_runs = list((run / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1
     assert list(offline_runs[0].glob("*.wandb"))
+    assert "WANDB_MODE" not in os.environ  # nothing leaks into later runs in this process
 
 
 def test_tensorboard_and_csv_together(tmp_path):

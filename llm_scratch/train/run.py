@@ -68,11 +68,18 @@ def _wandb_has_credentials() -> bool:
 def _build_loggers(cfg: DictConfig) -> list:
     nodes = [node for node in (cfg.get("logger") or {}).values() if node]
     uses_wandb = any("WandbLogger" in str(node.get("_target_", "")) for node in nodes)
-    if uses_wandb and "WANDB_MODE" not in os.environ and not _wandb_has_credentials():
+    offline = uses_wandb and "WANDB_MODE" not in os.environ and not _wandb_has_credentials()
+    if offline:
         # wandb would otherwise stop at an interactive login prompt
         log.info("No W&B API key found: logging offline (upload later with `wandb sync`).")
-        os.environ["WANDB_MODE"] = "offline"
-    return [instantiate(node) for node in nodes]
+    # mode="offline" goes to wandb.init; not offline=True, with which Lightning's WandbLogger
+    # sets os.environ["WANDB_MODE"], and that would outlive this run (later runs in the process)
+    return [
+        instantiate(node, mode="offline")
+        if offline and "WandbLogger" in str(node.get("_target_", ""))
+        else instantiate(node)
+        for node in nodes
+    ]
 
 
 def _check_output_dir(output_dir: Path, resuming: bool) -> None:
@@ -168,7 +175,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
             with training_errors(trainer, datamodule.batch_size, output_dir):
                 trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         if cfg.get("validate_after", False):
-            trainer.validate(module, datamodule=datamodule)
+            if not cfg.get("train", True) and ckpt_path is not None:
+                # nothing trained in this call: validate the checkpoint's weights, not random ones
+                trainer.validate(
+                    module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True
+                )
+            else:
+                trainer.validate(module, datamodule=datamodule)
     finally:
         _finish_loggers(loggers)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v)}
