@@ -37,19 +37,21 @@ def plot_curves(jobs: list[JobResult], curve: str, title: str, path: Path) -> bo
     series = [(job, getattr(job, f"{curve}_curve")) for job in jobs]
     if not any(points for _, points in series):
         return False
+    # long, noisy training curves: a moving average over the faint raw curve
+    smooth = curve == "train" and max(len(points) for _, points in series) > 60
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
     for job, points in series:
         if not points:
             continue
         steps, values = zip(*points, strict=True)
-        if curve == "train" and len(values) > 10:
+        if smooth:
             line = ax.plot(steps, _ema(list(values)), label=job.label, linewidth=1.5)[0]
             ax.plot(steps, values, color=line.get_color(), alpha=0.2, linewidth=0.8)
         else:
             ax.plot(steps, values, label=job.label, marker="o" if len(values) < 30 else None)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy loss")
-    ax.set_title(title + (" (lines: moving average)" if curve == "train" else ""))
+    ax.set_title(title + (" (lines: moving average)" if smooth else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
