@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from llm_scratch.checkpoint import load_model
+from llm_scratch.data.tokenizers import Tokenizer
 from llm_scratch.errors import UserError, report_user_error
 
 
@@ -74,6 +75,34 @@ def generate_samples(cfg: SampleConfig) -> list[str]:
             raise UserError(
                 f"Cannot read prompt_file={cfg.prompt_file}: {error.strerror}"
             ) from error
+    return sample_texts(
+        model,
+        tokenizer,
+        prompt,
+        num_samples=cfg.num_samples,
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_k=cfg.top_k,
+        top_p=cfg.top_p,
+        seed=cfg.seed,
+    )
+
+
+def sample_texts(
+    model: torch.nn.Module,
+    tokenizer: Tokenizer,
+    prompt: str,
+    num_samples: int = 1,
+    max_new_tokens: int = 50,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 1337,
+) -> list[str]:
+    """``num_samples`` continuations of ``prompt`` (prompt included), reproducible for a seed.
+
+    Used by ``training/sample.py`` and by the training's sample callback.
+    """
     ids = tokenizer.encode(prompt)
     if not ids:
         raise UserError("The prompt is empty after tokenization: give at least one character.")
@@ -82,15 +111,16 @@ def generate_samples(cfg: SampleConfig) -> list[str]:
             f"The prompt is {len(ids)} tokens, longer than the model's context of "
             f"{model.config.context_length}: shorten it."
         )
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    idx = torch.tensor([ids] * cfg.num_samples, dtype=torch.long, device=device)
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
     try:
         out = model.generate(
             idx,
-            cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_k=cfg.top_k,
-            top_p=cfg.top_p,
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
             eos_id=tokenizer.eos_id,
             generator=generator,
         )

@@ -14,6 +14,8 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from llm_scratch.sample import sample_texts
+
 log = logging.getLogger(__name__)
 
 
@@ -61,18 +63,16 @@ class TextSampler(L.Callback):
                 logger.experiment.add_text("samples", text, global_step=trainer.global_step)
 
     def sample(self, pl_module: L.LightningModule, tokenizer, prompt: str) -> str:
-        ids = tokenizer.encode(prompt)
-        idx = torch.tensor([ids], dtype=torch.long, device=pl_module.device)
-        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
-        out = pl_module.model.generate(
-            idx,
-            self.max_new_tokens,
+        texts = sample_texts(
+            pl_module.model,
+            tokenizer,
+            prompt,
+            max_new_tokens=self.max_new_tokens,
             temperature=self.temperature,
             top_k=self.top_k,
-            eos_id=tokenizer.eos_id,
-            generator=generator,
+            seed=self.seed,
         )
-        return tokenizer.decode(out[0].tolist())
+        return texts[0]
 
 
 class ThroughputLogger(L.Callback):
