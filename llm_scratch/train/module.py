@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import lightning as L
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from llm_scratch.model import GPTConfig
 from llm_scratch.train.hf_backend import build_model, load_initial_weights
 from llm_scratch.train.metrics import TokenWeightedMean
 from llm_scratch.train.optim import OptimizerConfig, SchedulerConfig, build_adamw, lr_multiplier
@@ -55,6 +57,11 @@ class GPTLightningModule(L.LightningModule):
         # TokenWeightedMean, not MeanMetric: MeanMetric's NaN check syncs with the device per step.
         self.train_epoch_loss = TokenWeightedMean()
         self.val_loss = TokenWeightedMean()
+
+    @classmethod
+    def from_config(cls, config: GPTConfig, **kwargs: Any) -> GPTLightningModule:
+        """A module for the model ``config`` (the other arguments as the constructor's)."""
+        return cls(model=asdict(config), **kwargs)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         return self._forward(idx, targets)
