@@ -194,7 +194,6 @@ def from_hf(source: Any, **overrides: Any) -> GPT:
 
 def hf_config_from_gpt(config: GPTConfig):
     """The ``GPT2Config`` of a GPT, or ``ValueError`` when GPT-2 cannot express it."""
-    transformers = require_transformers()
     if not config.pre_norm:
         raise ValueError(
             "a post-norm GPT (pre_norm=False) cannot be written as GPT-2, which is pre-norm"
@@ -203,22 +202,46 @@ def hf_config_from_gpt(config: GPTConfig):
         raise ValueError(
             "a GPT without biases (bias=False) cannot be written as GPT-2, which always has them"
         )
-    # GPT-2's <|endoftext|> exists only in its own 50,257-token vocabulary
-    eos = GPT2_EOS_ID if config.vocab_size > GPT2_EOS_ID else None
-    return transformers.GPT2Config(
+    return gpt2_config(
         vocab_size=config.vocab_size,
-        n_positions=config.context_length,
-        n_embd=config.n_embd,
+        context_length=config.context_length,
         n_layer=config.n_layer,
         n_head=config.n_head,
+        n_embd=config.n_embd,
+        dropout=config.dropout,
+        tie_weights=config.tie_weights,
+    )
+
+
+def gpt2_config(
+    vocab_size: int,
+    context_length: int,
+    n_layer: int,
+    n_head: int,
+    n_embd: int,
+    dropout: float,
+    tie_weights: bool,
+    **extra: Any,
+):
+    """A ``transformers.GPT2Config`` in our field names (GPT-2's gelu_new and LayerNorm eps)."""
+    transformers = require_transformers()
+    # GPT-2's <|endoftext|> exists only in its own 50,257-token vocabulary
+    eos = GPT2_EOS_ID if vocab_size > GPT2_EOS_ID else None
+    return transformers.GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=context_length,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
         activation_function="gelu_new",
-        resid_pdrop=config.dropout,
-        embd_pdrop=config.dropout,
-        attn_pdrop=config.dropout,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
         layer_norm_epsilon=1e-5,
-        tie_word_embeddings=config.tie_weights,
+        tie_word_embeddings=tie_weights,
         bos_token_id=eos,
         eos_token_id=eos,
+        **extra,
     )
 
 

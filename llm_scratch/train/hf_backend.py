@@ -28,6 +28,7 @@ from llm_scratch.errors import UserError
 from llm_scratch.model import GPT, GPTConfig
 from llm_scratch.model.hf import (
     FREE_FIELDS,
+    gpt2_config,
     gpt_config_from_hf,
     load_hf_config,
     require_transformers,
@@ -71,20 +72,14 @@ class HFGPT2Config:
             raise ValueError(f"HFGPT2Config.backend={self.backend!r} must be {HF_BACKEND!r}")
 
     def to_hf(self):
-        transformers = require_transformers()
-        eos = 50256 if self.vocab_size > 50256 else None  # GPT-2's <|endoftext|>, if present
-        return transformers.GPT2Config(
+        return gpt2_config(
             vocab_size=self.vocab_size,
-            n_positions=self.context_length,
-            n_embd=self.n_embd,
+            context_length=self.context_length,
             n_layer=self.n_layer,
             n_head=self.n_head,
-            resid_pdrop=self.dropout,
-            embd_pdrop=self.dropout,
-            attn_pdrop=self.dropout,
-            tie_word_embeddings=self.tie_weights,
-            bos_token_id=eos,
-            eos_token_id=eos,
+            n_embd=self.n_embd,
+            dropout=self.dropout,
+            tie_weights=self.tie_weights,
             use_cache=False,
         )
 
