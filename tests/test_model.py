@@ -257,7 +257,7 @@ def test_kv_cache_logits_match_full_forward(attention, pre_norm):
     idx = torch.randint(0, 32, (2, 12))
     with torch.no_grad():
         full, _ = model(idx)
-        cache = KVCache(model.config.n_layer)
+        cache = KVCache(model.config.n_layer, model.config.context_length)
         # a prefill of 5, a chunk of 3 (multi-token query after a cache), then single tokens
         chunks = [idx[:, :5], idx[:, 5:8]] + [idx[:, t : t + 1] for t in range(8, 12)]
         pieces = []
@@ -267,6 +267,23 @@ def test_kv_cache_logits_match_full_forward(attention, pre_norm):
         torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=0, atol=1e-5)
         with pytest.raises(ValueError, match="KV cache holds 12 tokens"):
             model(idx[:, :5], kv_cache=cache)
+
+
+def test_kv_cache_writes_in_place_and_refuses_overflow():
+    cache = KVCache(n_layer=1, max_length=4)
+    assert cache.get(0) is None and cache.length == 0
+    k1, v1 = torch.randn(2, 3, 3, 5), torch.randn(2, 3, 3, 5)
+    first_keys, _ = cache.update(0, k1, v1)
+    k2, v2 = torch.randn(2, 3, 1, 5), torch.randn(2, 3, 1, 5)
+    keys, values = cache.update(0, k2, v2)
+    assert cache.length == 4
+    torch.testing.assert_close(keys, torch.cat([k1, k2], dim=2), rtol=0, atol=0)
+    torch.testing.assert_close(values, torch.cat([v1, v2], dim=2), rtol=0, atol=0)
+    # views of one buffer allocated at the first update, not a new copy per step
+    assert keys.data_ptr() == first_keys.data_ptr()
+    with pytest.raises(ValueError, match="max_length=4"):
+        cache.update(0, k2, v2)
+    assert cache.length == 4
 
 
 @pytest.fixture(scope="module")

@@ -18,33 +18,50 @@ from llm_scratch.model.config import GPTConfig
 class KVCache:
     """Keys and values of the tokens seen so far, one (k, v) pair per layer.
 
-    Tensors are stored as (B, n_head, T_cached, head_dim). ``length`` is the number of tokens
-    in the cache, which is also the position of the next token fed to the model.
+    Each layer's keys and values live in a buffer allocated once, on the first update, for
+    ``max_length`` tokens (B, n_head, max_length, head_dim); a step writes its new entries in
+    place and attention reads a view of the filled part. Growing the tensors with torch.cat
+    instead would copy the whole cache at every generated token. ``length`` is the number of
+    tokens in the cache, which is also the position of the next token fed to the model.
     """
 
-    def __init__(self, n_layer: int) -> None:
-        self.keys: list[Tensor | None] = [None] * n_layer
-        self.values: list[Tensor | None] = [None] * n_layer
+    def __init__(self, n_layer: int, max_length: int) -> None:
+        if max_length < 1:
+            raise ValueError(f"max_length={max_length} must be >= 1")
+        self.max_length = max_length
+        self._keys: list[Tensor | None] = [None] * n_layer
+        self._values: list[Tensor | None] = [None] * n_layer
+        self._lengths = [0] * n_layer
 
     @property
     def length(self) -> int:
         # Every layer sees the same tokens; read the length off the first one. The model
         # reads it once before its blocks run, since layer 0 grows it first.
-        k = self.keys[0]
-        return 0 if k is None else k.size(2)
+        return self._lengths[0]
 
     def get(self, layer: int) -> tuple[Tensor, Tensor] | None:
-        k, v = self.keys[layer], self.values[layer]
-        return None if k is None or v is None else (k, v)
+        """This layer's cached (keys, values), each (B, n_head, length, head_dim), or None."""
+        k, v, n = self._keys[layer], self._values[layer], self._lengths[layer]
+        return None if k is None or v is None or n == 0 else (k[:, :, :n], v[:, :, :n])
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Append this step's keys/values for ``layer``; return all of them (past + new)."""
-        past = self.get(layer)
-        if past is not None:
-            k = torch.cat([past[0], k], dim=2)
-            v = torch.cat([past[1], v], dim=2)
-        self.keys[layer], self.values[layer] = k, v
-        return k, v
+        start = self._lengths[layer]
+        end = start + k.size(2)
+        if end > self.max_length:
+            raise ValueError(
+                f"KV cache holds {start} tokens, {k.size(2)} more would exceed its "
+                f"max_length={self.max_length}: start a new cache"
+            )
+        if self._keys[layer] is None:
+            B, H, _, D = k.shape
+            self._keys[layer] = k.new_empty(B, H, self.max_length, D)
+            self._values[layer] = v.new_empty(B, H, self.max_length, v.size(3))
+        keys, values = self._keys[layer], self._values[layer]
+        keys[:, :, start:end] = k
+        values[:, :, start:end] = v
+        self._lengths[layer] = end
+        return keys[:, :, :end], values[:, :, :end]
 
 
 def causal_mask(t_q: int, t_k: int, device: torch.device | None = None) -> Tensor:

@@ -223,7 +223,7 @@ class GPT(nn.Module):
                 # the wrong position and the cache cannot simply drop its oldest entry: we
                 # re-run the whole cropped window. That keeps the result exactly what the
                 # uncached path computes; past context_length it just stops saving work.
-                cache = KVCache(self.config.n_layer)
+                cache = KVCache(self.config.n_layer, ctx)
                 hidden = self.hidden_states(idx[:, -ctx:], kv_cache=cache)
             else:  # feed only the newest token, at position cache.length
                 hidden = self.hidden_states(idx[:, -1:], kv_cache=cache)
