@@ -61,6 +61,13 @@ def test_attention_loop_and_fused_agree_and_are_timed():
         assert row["max_abs_diff"] < 1e-5 and row["grad_max_abs_diff"] < 1e-5
         assert positive(row["loop_ms"]) and positive(row["fused_ms"])
         assert row["speedup"] == pytest.approx(row["loop_ms"] / row["fused_ms"])
+        assert positive(row["projections_ms"])
+        loop_beyond = row["loop_ms"] - row["projections_ms"]
+        fused_beyond = row["fused_ms"] - row["projections_ms"]
+        if fused_beyond > 0:
+            assert row["speedup_beyond_projections"] == pytest.approx(loop_beyond / fused_beyond)
+        else:  # timing noise at these tiny sizes: no ratio rather than a meaningless one
+            assert math.isnan(row["speedup_beyond_projections"])
 
 
 def test_attention_peak_memory_in_a_fresh_process():
