@@ -15,7 +15,8 @@ import torch
 
 from llm_scratch.data.tokenizers import Tokenizer, tokenizer_from_dict
 from llm_scratch.errors import UserError
-from llm_scratch.model import GPT, GPTConfig
+from llm_scratch.model import GPT
+from llm_scratch.model_factory import build_model
 
 MODEL_PREFIX = "model."
 
@@ -58,18 +59,14 @@ def load_model(
     """Return the GPT (in eval mode, on ``device``), its tokenizer and the raw checkpoint."""
     checkpoint = read_checkpoint(path)
     hparams = checkpoint["hyper_parameters"]
-    model_class, config_class = GPT, GPTConfig
-    if hparams["model"].get("backend") == "hf_gpt2":  # trained with model=hf_gpt2
-        from llm_scratch.train.hf_backend import HFGPT2 as model_class
-        from llm_scratch.train.hf_backend import HFGPT2Config as config_class
-    config = config_class(**hparams["model"])
+    # our GPT, or the HF backend for a run trained with model=hf_gpt2
+    config, model = build_model(hparams["model"])
     tokenizer = tokenizer_from_dict(hparams["tokenizer"])
     if tokenizer.vocab_size != config.vocab_size:
         raise UserError(
             f"Checkpoint {path}: its tokenizer has {tokenizer.vocab_size} tokens but the model "
             f"{config.vocab_size}; the checkpoint does not belong with this tokenizer."
         )
-    model = model_class(config)
     state = {
         k[len(MODEL_PREFIX) :]: v
         for k, v in checkpoint["state_dict"].items()

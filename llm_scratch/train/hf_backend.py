@@ -33,11 +33,12 @@ from llm_scratch.model.hf import (
     load_hf_config,
     require_transformers,
 )
+from llm_scratch.model_factory import HF_BACKEND
+from llm_scratch.model_factory import build_model as build_model  # its former home: re-exported
 
 log = logging.getLogger(__name__)
 
 LABEL_SHIFTS = ("single", "double")
-HF_BACKEND = "hf_gpt2"
 _GPT_FIELDS = {f.name for f in fields(GPTConfig)}
 
 
@@ -133,16 +134,6 @@ class HFGPT2(nn.Module):
         if non_embedding:
             n -= self.hf.transformer.wpe.weight.numel()
         return n
-
-
-def build_model(model: dict[str, Any]) -> tuple[Any, nn.Module]:
-    """(config, model) from a model dict: an :class:`HFGPT2Config`'s (``backend: hf_gpt2``)
-    or a :class:`GPTConfig`'s."""
-    if model.get("backend") == HF_BACKEND:
-        config = HFGPT2Config(**model)
-        return config, HFGPT2(config)
-    config = GPTConfig(**model)
-    return config, GPT(config)
 
 
 def init_from_model_config(

@@ -10,7 +10,8 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from llm_scratch.model import GPTConfig
-from llm_scratch.train.hf_backend import build_model, load_initial_weights
+from llm_scratch.model_factory import build_model
+from llm_scratch.train.hf_backend import load_initial_weights
 from llm_scratch.train.metrics import TokenWeightedMean
 from llm_scratch.train.optim import OptimizerConfig, SchedulerConfig, build_adamw, lr_multiplier
 from llm_scratch.train.reliability import get_rng_states, set_rng_states
