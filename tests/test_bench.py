@@ -11,8 +11,9 @@ import torch
 
 from llm_scratch.bench import attention, data, generation, overhead, throughput
 from llm_scratch.bench.__main__ import main
-from llm_scratch.bench.common import measure_matmul_peak
+from llm_scratch.bench.common import measure_matmul_peak, peak_flops
 from llm_scratch.train.run import train
+from llm_scratch.utils.flops import known_peak_flops
 from tests.helpers import FAST, compose_config
 from tests.test_train import column, read_metrics
 
@@ -31,6 +32,25 @@ def positive(x) -> bool:
 
 def test_matmul_peak_is_a_plausible_flop_rate():
     assert 1e8 < measure_matmul_peak("cpu", n=256, repeats=2) < 1e15
+
+
+def test_peak_flops_is_the_data_sheet_figure_training_uses(monkeypatch):
+    """The bench and the ThroughputLogger read a GPU's peak from the same table, in the same
+    dtype; a CPU has no data-sheet figure (the bench measures one, training logs no MFU)."""
+    import lightning.fabric.utilities.throughput as lightning_throughput
+
+    asked = []
+
+    def fake_table(device, dtype):  # no GPU here: stands in for Lightning's table
+        asked.append(dtype)
+        return 123e12
+
+    monkeypatch.setattr(lightning_throughput, "get_available_flops", fake_table)
+    cuda = torch.device("cuda")
+    assert peak_flops(cuda, "bf16-mixed") == (123e12, "data sheet")
+    assert known_peak_flops(cuda, "32-true") == 123e12
+    assert asked == [torch.bfloat16, torch.float32]
+    assert known_peak_flops("cpu", "bf16-mixed") is None
 
 
 def test_throughput_through_lightning(shared_data_dir):

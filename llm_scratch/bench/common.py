@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from llm_scratch.utils.flops import known_peak_flops, precision_dtype
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO / "configs"
 RESULTS_DIR = REPO / "benchmarks" / "results"
@@ -103,14 +105,12 @@ def measure_matmul_peak(
 
 
 def peak_flops(device: torch.device, precision: str) -> tuple[float, str]:
-    """Peak FLOP/s for MFU and where it comes from: Lightning's GPU table, else measured."""
-    dtype = torch.bfloat16 if "bf16" in str(precision) else torch.float32
-    if device.type == "cuda":
-        from lightning.fabric.utilities.throughput import get_available_flops
-
-        flops = get_available_flops(device, dtype)
-        if flops:
-            return float(flops), "data sheet"
+    """Peak FLOP/s for MFU and where it comes from: the data sheet of a known GPU (the same figure
+    training's ThroughputLogger uses), else a matmul measured now (CPUs, unlisted GPUs)."""
+    flops = known_peak_flops(device, precision)
+    if flops:
+        return flops, "data sheet"
+    dtype = precision_dtype(precision)
     return measure_matmul_peak(device, dtype), f"measured {str(dtype).removeprefix('torch.')} GEMM"
 
 

@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from llm_scratch.sample import sample_texts
+from llm_scratch.utils.flops import known_peak_flops
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +98,8 @@ class ThroughputLogger(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._flops_per_token = pl_module.model.flops_per_token()
-        if self.peak_flops is None and trainer.strategy.root_device.type == "cuda":
-            from lightning.fabric.utilities.throughput import get_available_flops
-
-            dtype = torch.bfloat16 if "bf16" in str(trainer.precision) else torch.float32
-            self.peak_flops = get_available_flops(trainer.strategy.root_device, dtype)
+        if self.peak_flops is None:
+            self.peak_flops = known_peak_flops(trainer.strategy.root_device, trainer.precision)
         self._window_start = self._train_start = time.perf_counter()
         self._tokens_at_start = self.tokens_seen
 
