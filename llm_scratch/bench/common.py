@@ -16,7 +16,6 @@ import torch
 from llm_scratch.utils.flops import known_peak_flops, precision_dtype
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG_DIR = REPO / "configs"
 RESULTS_DIR = REPO / "benchmarks" / "results"
 
 

@@ -27,14 +27,8 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from llm_scratch.bench.common import (
-    CONFIG_DIR,
-    machine_info,
-    median,
-    peak_flops,
-    print_table,
-    sync,
-)
+from llm_scratch.bench.common import machine_info, median, peak_flops, print_table, sync
+from llm_scratch.train.compose import compose_config
 
 BENCH_OVERRIDES = [
     "trainer.limit_val_batches=0",
@@ -46,20 +40,7 @@ BENCH_OVERRIDES = [
 
 def compose(overrides: list[str], output_dir: str | Path) -> DictConfig:
     """The ``train`` config with the benchmark's defaults, then ``overrides`` (later wins)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = hydra_compose(
-            "train", overrides=[*BENCH_OVERRIDES, *overrides], return_hydra_config=True
-        )
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-    return cfg
+    return compose_config([*BENCH_OVERRIDES, *overrides], output_dir)
 
 
 class StepTimer(L.Callback):
