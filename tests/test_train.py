@@ -173,3 +173,59 @@ def test_sample_arguments_take_prompts_verbatim_and_check_types():
         parse_args(["prompt"])
     with pytest.raises(UserError, match="ckpt_path is required"):
         parse_args(["prompt=hi"])
+
+
+def test_step_options_count_optimizer_steps_under_gradient_accumulation(
+    tmp_path, monkeypatch, shared_data_dir
+):
+    """With 2 batches per optimizer step, ``log_every_n_steps=3`` means steps 3 and 6 (batches
+    6 and 12), for the throughput metrics and for the finite-loss check alike; tokens/s still
+    counts every batch's tokens. (Counting batches gave steps 1, 3, 4 and 6.)"""
+    from llm_scratch.train.module import GPTLightningModule
+    from llm_scratch.train.reliability import FiniteLossGuard
+
+    logged, checks, checked_at = [], [], []
+    log_dict = GPTLightningModule.log_dict
+    check, batch_end = FiniteLossGuard.check, FiniteLossGuard.on_train_batch_end
+
+    def spy_log_dict(module, metrics, *args, **kwargs):
+        if "train/tokens_per_sec" in metrics:
+            logged.append((module.trainer.global_step, metrics["train/tokens_seen"]))
+        return log_dict(module, metrics, *args, **kwargs)
+
+    def spy_check(guard):
+        checks.append(1)
+        return check(guard)
+
+    def spy_batch_end(guard, trainer, *args):  # the checks made at batch ends, by step
+        before = len(checks)
+        batch_end(guard, trainer, *args)
+        if len(checks) > before:
+            checked_at.append(trainer.global_step)
+
+    monkeypatch.setattr(GPTLightningModule, "log_dict", spy_log_dict)
+    monkeypatch.setattr(FiniteLossGuard, "check", spy_check)
+    monkeypatch.setattr(FiniteLossGuard, "on_train_batch_end", spy_batch_end)
+    batch, context = 4, 16
+    cfg = compose_config(
+        [
+            *FAST,
+            "data.tokenizer=char",
+            f"data.context_length={context}",
+            f"data.batch_size={batch}",
+            "trainer.accumulate_grad_batches=2",
+            "trainer.log_every_n_steps=3",
+            "trainer.max_steps=6",
+            "trainer.limit_val_batches=0",
+            # only the callbacks under test; no validation or checkpoint saves
+            "callbacks.model_checkpoint=null",
+            "callbacks.periodic_checkpoint=null",
+            "callbacks.sigterm_checkpoint=null",
+            "callbacks.text_sampler=null",
+        ],
+        tmp_path / "run",
+    )
+    train(cfg)
+    tokens_per_step = 2 * batch * context
+    assert logged == [(3, 3 * tokens_per_step), (6, 6 * tokens_per_step)]
+    assert checked_at == [3, 6]

@@ -95,6 +95,7 @@ class ThroughputLogger(L.Callback):
         self.last_tokens_per_sec: float | None = None
         self._train_start: float | None = None
         self._tokens_at_start = 0
+        self._step_at_batch_start = 0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._flops_per_token = pl_module.model.flops_per_token()
@@ -111,11 +112,17 @@ class ThroughputLogger(L.Callback):
         elapsed = time.perf_counter() - self._train_start
         return (self.tokens_seen - self._tokens_at_start) / max(elapsed, 1e-9)
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._step_at_batch_start = trainer.global_step
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        tokens = batch[1].numel() * trainer.world_size
+        tokens = batch[1].numel() * trainer.world_size  # every micro-batch's tokens count
         self.tokens_seen += tokens
         self._window_tokens += tokens
-        if (batch_idx + 1) % self.log_every_n_steps:
+        # Optimizer steps, not batches: under gradient accumulation only a step's last batch
+        # moves global_step. Logging then, at multiples of n, is when Lightning writes the logs.
+        step = trainer.global_step
+        if step == self._step_at_batch_start or step % self.log_every_n_steps:
             return
         if trainer.strategy.root_device.type == "cuda":
             torch.cuda.synchronize()

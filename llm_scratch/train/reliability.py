@@ -137,8 +137,9 @@ class FiniteLossGuard(L.Callback):
     """Stops training when the loss becomes NaN or infinite, naming the step and learning rate,
     before any checkpoint of the broken state is written.
 
-    The check reads one flag from the device every ``check_every_n_steps`` batches (no sync per
-    step) and before every checkpoint save: ``on_save_checkpoint`` runs before the file is
+    The check reads one flag from the device every ``check_every_n_steps`` optimizer steps (no
+    sync per step; with gradient accumulation a step is several batches) and before every
+    checkpoint save: ``on_save_checkpoint`` runs before the file is
     written, so ``last.ckpt`` and the best checkpoint keep the last good state.
     """
 
@@ -169,7 +170,10 @@ class FiniteLossGuard(L.Callback):
         new = (~torch.isfinite(loss)) & (self._first_bad < 0)
         self._first_bad = torch.where(new, self._step, self._first_bad)
         self._bad_value = torch.where(new, loss, self._bad_value)
-        if (batch_idx + 1) % self.check_every_n_steps == 0:
+        # Optimizer steps, not batches: only the last batch of an accumulated step moves
+        # global_step past the step this batch started in (self._step).
+        step = trainer.global_step
+        if step > self._step and step % self.check_every_n_steps == 0:
             self.check()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
