@@ -11,7 +11,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
-# configs/ sits next to the package in the repository (an editable install)
+# configs/ sits next to the package in the repository (an editable install). The entry point
+# finds it relative to itself instead, so it also works with a non-editable install.
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
