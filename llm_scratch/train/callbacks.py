@@ -150,8 +150,8 @@ class ThroughputLogger(L.Callback):
 class LineProgressBar(ProgressBar):
     """Progress as plain lines, for logs that are not a terminal (CI, clusters, redirected output).
 
-    A line every ``refresh_rate`` training steps and one after each validation; no carriage
-    returns or colours, so a log file reads top to bottom.
+    A line every ``refresh_rate`` training batches (batches, as Lightning's own bars count) and
+    one after each validation; no carriage returns or colours, so a log file reads top to bottom.
     """
 
     def __init__(self, refresh_rate: int = 10) -> None:
