@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from llm_scratch.data.tokenizers import Tokenizer, tokenizer_from_dict
 from llm_scratch.errors import UserError
-from llm_scratch.model import GPT
 from llm_scratch.model_factory import build_model
 
 MODEL_PREFIX = "model."
@@ -55,11 +55,13 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
 
 def load_model(
     path: str | Path, device: str | torch.device = "cpu"
-) -> tuple[GPT, Tokenizer, dict[str, Any]]:
-    """Return the GPT (in eval mode, on ``device``), its tokenizer and the raw checkpoint."""
+) -> tuple[nn.Module, Tokenizer, dict[str, Any]]:
+    """Return the model (in eval mode, on ``device``), its tokenizer and the raw checkpoint.
+
+    The model is our ``GPT``, or ``HFGPT2`` for a run trained with ``model=hf_gpt2``; both
+    have ``generate``."""
     checkpoint = read_checkpoint(path)
     hparams = checkpoint["hyper_parameters"]
-    # our GPT, or the HF backend for a run trained with model=hf_gpt2
     config, model = build_model(hparams["model"])
     tokenizer = tokenizer_from_dict(hparams["tokenizer"])
     if tokenizer.vocab_size != config.vocab_size:

@@ -3,6 +3,8 @@
 import dataclasses
 import itertools
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -501,3 +503,13 @@ def test_tiny_model_overfits_one_batch():
             break
     assert first > 3.0  # about ln(32) at init
     assert loss.item() < 0.1
+
+
+def test_model_and_checkpoint_loading_need_no_lightning_or_hydra():
+    # The model is plain PyTorch, and a trained model loads and samples without the trainer.
+    code = (
+        "import sys, llm_scratch.model, llm_scratch.checkpoint, llm_scratch.sample; "
+        "print([m for m in ('lightning', 'hydra', 'transformers') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

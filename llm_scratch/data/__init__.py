@@ -1,7 +1,6 @@
 """Data: corpora, tokenizers, token caches, next-token datasets and the LightningDataModule."""
 
 from llm_scratch.data.corpora import CORPORA, cache_dir, corpus_path, data_dir, load_corpus
-from llm_scratch.data.datamodule import LMDataModule
 from llm_scratch.data.datasets import EpochShuffleSampler, RandomWindowDataset, SlidingWindowDataset
 from llm_scratch.data.token_cache import tokenize_cached
 from llm_scratch.data.tokenizers import (
@@ -11,6 +10,17 @@ from llm_scratch.data.tokenizers import (
     build_tokenizer,
     load_tokenizer,
 )
+
+
+def __getattr__(name: str):
+    # The DataModule is imported on first use: it needs Lightning, and the rest of the data
+    # package (tokenizers, corpora) must stay usable without it, e.g. to load a checkpoint.
+    if name == "LMDataModule":
+        from llm_scratch.data.datamodule import LMDataModule
+
+        return LMDataModule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CORPORA",
