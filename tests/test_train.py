@@ -54,6 +54,14 @@ def test_every_config_composes_and_instantiates(group, option, tmp_path):
         assert instantiate(node) is not None
 
 
+@pytest.mark.parametrize("option", option_names("data"))
+def test_data_stride_follows_a_changed_context_length(option, tmp_path):
+    # A shorter context must not skip text (or a longer one overlap) because of a fixed stride.
+    extra = ["data.path=" + str(tmp_path / "corpus.txt")] if option == "text" else []
+    cfg = compose_config([f"data={option}", "data.context_length=64", *extra], tmp_path / "run")
+    assert instantiate(cfg.data).stride == 64
+
+
 def test_model_presets_in_yaml_match_the_python_presets(tmp_path):
     from llm_scratch.model.config import PRESETS
 
