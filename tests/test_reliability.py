@@ -29,6 +29,8 @@ from llm_scratch.train.reliability import (
     training_errors,
 )
 from llm_scratch.train.run import train
+from llm_scratch.utils import io as io_utils
+from llm_scratch.utils.io import atomic_write_text
 from tests.helpers import CONFIG_DIR, FAST, REPO, compose_config
 from tests.reliability_helpers import Malicious
 
@@ -416,3 +418,36 @@ def test_run_directories_differ_within_a_second():
         raw = OmegaConf.to_container(node)["dir"]
         fmt = re.fullmatch(r".*/(?:runs|multiruns)/\$\{now:([^}]*)\}", raw).group(1)
         assert t.strftime(fmt) != (t + timedelta(milliseconds=1)).strftime(fmt), raw
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_atomic_writes_get_the_mode_open_would_give(tmp_path, umask_022):
+    """Not mkstemp's 0600: others on a shared machine read results, checkpoints and caches."""
+    atomic_write_text(tmp_path / "summary.json", "{}")
+    AtomicCheckpointIO().save_checkpoint({"a": torch.ones(2)}, tmp_path / "last.ckpt")
+    for name in ("summary.json", "last.ckpt"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+    # rewriting a file keeps its own permissions, as open(path, "w") does
+    (tmp_path / "summary.json").chmod(0o640)
+    atomic_write_text(tmp_path / "summary.json", "{ }")
+    assert (tmp_path / "summary.json").stat().st_mode & 0o777 == 0o640
+
+
+def test_umask_is_read_with_or_without_proc(umask_022, monkeypatch):
+    assert io_utils.current_umask() == 0o022
+    real_open = open
+
+    def no_proc(file, *args, **kwargs):
+        if str(file).startswith("/proc/"):
+            raise FileNotFoundError(file)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", no_proc)
+    assert io_utils.current_umask() == 0o022
+    assert os.umask(0o022) == 0o022  # and left as it was
