@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
+import traceback
 from collections.abc import Iterator
+from pathlib import Path
 
 TRACEBACK_ENV = "LLM_SCRATCH_TRACEBACK"
 
@@ -51,6 +54,37 @@ def exit_on_user_error() -> Iterator[None]:
         sys.exit(report_user_error(error))
 
 
+def uncreatable_dir_error(error: BaseException) -> UserError | None:
+    """A :class:`UserError` for an ``OSError`` raised while creating a directory (Hydra makes the
+    run or sweep directory before our code runs), naming the directory and the fix; ``None``
+    for any other error."""
+    if not isinstance(error, OSError):
+        return None
+    # the outermost mkdir frame holds the directory asked for; error.filename is the part that
+    # failed (a parent of it, for mkdir(parents=True))
+    target = None
+    for frame, _ in traceback.walk_tb(error.__traceback__):
+        if frame.f_code.co_name in ("mkdir", "makedirs"):
+            target = frame.f_locals.get("self", frame.f_locals.get("name"))
+            break
+    if target is None:
+        return None
+    failed = error.filename if error.filename is not None else target
+    reason = error.strerror or type(error).__name__
+    if error.errno == errno.ENOTDIR:  # name the file that stands where a directory should be
+        blocker = next((p for p in reversed(Path(target).parents) if p.is_file()), None)
+        if blocker is not None:
+            failed, reason = blocker, "a file, not a directory"
+    if str(failed) == str(target):
+        where = f"{target} ({reason})"
+    else:
+        where = f"{target} ({failed}: {reason})"
+    return UserError(
+        f"Cannot create the output directory {where}; choose a writable place with "
+        "paths.log_dir=<dir> (or hydra.run.dir=<dir> for a run, hydra.sweep.dir=<dir> with -m)."
+    )
+
+
 def one_line(text: str) -> str:
     """Hydra's and OmegaConf's multi-line messages as one line (search paths and hints dropped)."""
     parts: list[str] = []
@@ -71,9 +105,10 @@ def one_line(text: str) -> str:
 
 @contextlib.contextmanager
 def one_line_hydra_errors() -> Iterator[None]:
-    """Make Hydra report a bad override or config group (``model.pre_normm=1``, ``model=typo``) as
-    one ``error:`` line with exit status 2, like the package's own errors, instead of its
-    multi-line report with exit status 1. ``HYDRA_FULL_ERROR=1`` or ``LLM_SCRATCH_TRACEBACK=1``
+    """Make Hydra report a bad override or config group (``model.pre_normm=1``, ``model=typo``), an
+    output directory it cannot create (``hydra.run.dir=/proc/x``) and a :class:`UserError` from
+    the sweep launcher as one ``error:`` line with exit status 2 (143 for a stopped sweep), like
+    the package's own errors, instead of its multi-line report with exit status 1. ``HYDRA_FULL_ERROR=1`` or ``LLM_SCRATCH_TRACEBACK=1``
     keep Hydra's full report. Any other exception is left to Hydra's own reporting.
     """
     try:
@@ -100,7 +135,13 @@ def one_line_hydra_errors() -> Iterator[None]:
                 text += "\n" + str(cause)
             print(f"error: {one_line(text)}", file=sys.stderr)
             sys.exit(2)
+        except UserError as error:  # raised by the sweep launcher, outside train_or_exit
+            sys.exit(report_user_error(error))
         except Exception as error:  # noqa: BLE001 - handed back to Hydra's report unchanged
+            user_error = uncreatable_dir_error(error)
+            full = os.environ.get("HYDRA_FULL_ERROR", "") not in ("", "0")
+            if user_error is not None and not full:
+                sys.exit(report_user_error(user_error))
             caught = error
 
         def reraise():
