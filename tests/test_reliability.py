@@ -308,6 +308,25 @@ def test_resume_with_another_configuration_is_one_line(trained_run, tmp_path, ov
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("ckpt", ["run", "file"])
+def test_continuing_into_the_runs_own_directory_is_refused(trained_run, tmp_path, ckpt):
+    """The CSV logger would start metrics.csv afresh: the earlier steps' rows would be lost."""
+    before = {p: p.read_bytes() for p in trained_run.rglob("*") if p.is_file()}
+    target = trained_run if ckpt == "run" else trained_run / "checkpoints" / "last.ckpt"
+    cfg = compose_config([*TINY, "trainer.max_steps=8", f"ckpt_path={target}"], trained_run)
+    with pytest.raises(UserError, match="in its own directory.*hydra.run.dir at its default"):
+        train(cfg)
+    assert {p: p.read_bytes() for p in trained_run.rglob("*") if p.is_file()} == before
+    # nor into another run's directory
+    other = tmp_path / "other"
+    (other / "checkpoints").mkdir(parents=True)
+    (other / "metrics.csv").write_text("step\n")
+    cfg = compose_config([*TINY, f"ckpt_path={trained_run}"], other)
+    with pytest.raises(UserError, match="already holds a run.*hydra.run.dir left at its default"):
+        train(cfg)
+    assert (other / "metrics.csv").read_text() == "step\n"
+
+
 def test_resume_from_missing_truncated_or_malicious_checkpoint(trained_run, tmp_path):
     data = (trained_run / "checkpoints" / "last.ckpt").read_bytes()
     (tmp_path / "truncated.ckpt").write_bytes(data[: len(data) // 3])

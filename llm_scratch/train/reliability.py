@@ -280,8 +280,9 @@ def training_errors(trainer: L.Trainer, batch_size: int, output_dir: Path) -> It
             "periodic checkpoints/last.ckpt is kept"
         )
         raise Preempted(
-            f"Training stopped by SIGTERM at step {trainer.global_step}; {where}. Continue with: "
-            f"python training/run_experiment.py <the same overrides> ckpt_path={output_dir}"
+            f"Training stopped by SIGTERM at step {trainer.global_step}; {where}. Continue it in "
+            "a new run directory with: python training/run_experiment.py <the same overrides, "
+            f"without hydra.run.dir> ckpt_path={output_dir}"
         ) from error
     except (RuntimeError, torch.OutOfMemoryError) as error:
         if is_out_of_memory(error):

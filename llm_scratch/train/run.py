@@ -82,14 +82,25 @@ def _build_loggers(cfg: DictConfig) -> list:
     ]
 
 
-def _check_output_dir(output_dir: Path, resuming: bool) -> None:
-    """A new run never writes over an earlier run's results."""
+def _check_output_dir(output_dir: Path, ckpt_path: str | None) -> None:
+    """A run never writes over an earlier run's results, not even the run it continues: the
+    CSV logger would start metrics.csv afresh, and a continuation gets its own directory."""
     earlier = [p for p in ("checkpoints", "metrics.csv") if (output_dir / p).exists()]
-    if earlier and not resuming:
+    if (
+        earlier
+        and ckpt_path is not None
+        and Path(ckpt_path).resolve().is_relative_to(output_dir.resolve())
+    ):
+        raise UserError(
+            f"ckpt_path={ckpt_path} would continue the run in its own directory {output_dir} "
+            "and overwrite its metrics.csv; leave hydra.run.dir at its default (or choose a new "
+            "one) so that the continuation gets a directory of its own."
+        )
+    if earlier:
         raise UserError(
             f"Run directory {output_dir} already holds a run ({', '.join(earlier)}). "
-            "Choose a new hydra.run.dir, or continue that run with ckpt_path="
-            f"{output_dir}."
+            "Choose a new hydra.run.dir, or continue that run in a new directory: ckpt_path="
+            f"{output_dir} with hydra.run.dir left at its default."
         )
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -117,7 +128,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     validate_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths)
-    _check_output_dir(output_dir, resuming=ckpt_path is not None)
+    _check_output_dir(output_dir, ckpt_path)
 
     if int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
         job_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
