@@ -387,6 +387,25 @@ def test_random_window_dataset_deterministic(shakespeare_char_tokens: np.ndarray
     assert {tiny.offset(i) for i in range(200)} == {0, 1}
 
 
+def test_random_windows_are_drawn_afresh_each_epoch(shakespeare_char_tokens: np.ndarray) -> None:
+    # The offsets depended on (seed, index) only: every epoch reused one fixed set of windows.
+    tokens, ctx, n = shakespeare_char_tokens, 64, 200
+    a = RandomWindowDataset(tokens, ctx, num_samples=n, seed=7)
+    b = RandomWindowDataset(tokens, ctx, num_samples=n, seed=7)
+    epoch0 = {a.offset(i, 0) for i in range(n)}
+    epoch1 = {a.offset(i, 1) for i in range(n)}
+    assert len(epoch0 & epoch1) < 5  # fresh offsets, not a reshuffle
+    assert [a.offset(i, 1) for i in range(n)] == [b.offset(i, 1) for i in range(n)]
+    assert torch.equal(a[(1, 17)][0], b[(1, 17)][0])
+    assert torch.equal(a[17][0], a[(0, 17)][0])  # a plain index is epoch 0
+    _check_window(a, tokens, (3, 5), a.offset(5, 3), ctx)
+    # The sampler hands its epoch to the dataset, so it reaches DataLoader workers too.
+    sampler = EpochShuffleSampler(n, seed=3, with_epoch=True)
+    sampler.set_epoch(2)
+    items = list(sampler)
+    assert {e for e, _ in items} == {2} and sorted(i for _, i in items) == list(range(n))
+
+
 def test_epoch_shuffle_sampler() -> None:
     s = EpochShuffleSampler(100, seed=3)
     e0 = list(s)
@@ -515,7 +534,7 @@ def test_datamodule_shakespeare_char_and_cache_reuse(
 
 
 def test_datamodule_random_sampling_and_epochs() -> None:
-    dm = LMDataModule(
+    kwargs = dict(
         corpus="shakespeare",
         tokenizer="char",
         context_length=16,
@@ -524,6 +543,7 @@ def test_datamodule_random_sampling_and_epochs() -> None:
         samples_per_epoch=40,
         seed=5,
     )
+    dm = LMDataModule(**kwargs)
     dm.setup()
     assert isinstance(dm.train_dataset, RandomWindowDataset) and len(dm.train_dataset) == 40
     loader = dm.train_dataloader()
@@ -531,9 +551,19 @@ def test_datamodule_random_sampling_and_epochs() -> None:
     assert torch.equal(epoch0, torch.cat([x for x, _ in loader]))  # same epoch, same order
     dm.train_sampler.set_epoch(1)
     epoch1 = torch.cat([x for x, _ in loader])
-    assert not torch.equal(epoch0, epoch1)
-    # Same windows, other order.
-    assert sorted(map(tuple, epoch0.tolist())) == sorted(map(tuple, epoch1.tolist()))
+    # Fresh windows each epoch (they were the same 40 windows reshuffled), as nanoGPT draws them.
+    assert not set(map(tuple, epoch0.tolist())) & set(map(tuple, epoch1.tolist()))
+    # Reproducible: the same (seed, epoch) gives the same windows, also through worker processes.
+    again = LMDataModule(**{**kwargs, "num_workers": 2})
+    again.setup()
+    again.train_sampler.set_epoch(1)
+    assert torch.equal(torch.cat([x for x, _ in again.train_dataloader()]), epoch1)
+    # A resume mid-epoch continues that epoch's windows.
+    resumed = LMDataModule(**kwargs)
+    resumed.setup()
+    state = {"epoch": 1, "windows_done": 8, "num_windows": 40, "seed": 5}
+    resumed.load_state_dict(state)
+    assert torch.equal(torch.cat([x for x, _ in resumed.train_dataloader()]), epoch1[8:])
 
 
 def test_datamodule_text_corpus(tmp_path: Path) -> None:

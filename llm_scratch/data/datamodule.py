@@ -42,8 +42,8 @@ class LMDataModule(L.LightningDataModule):
     ``1 - val_fraction`` for training, the rest for validation.
 
     ``sampling="sliding"`` trains on windows at ``stride`` (default ``context_length``), exact
-    epochs; ``sampling="random"`` trains on ``samples_per_epoch`` windows at random offsets
-    (nanoGPT style; default: as many windows as a non-overlapping pass). Validation always uses
+    epochs; ``sampling="random"`` trains on ``samples_per_epoch`` windows at random offsets, drawn afresh
+    each epoch (nanoGPT style; default: as many windows as a non-overlapping pass). Validation always uses
     non-overlapping windows in order, so it is deterministic and comparable between settings.
 
     ``vocab_size`` (and ``tokenizer``) can be read before the Trainer runs; for the char tokenizer
@@ -223,8 +223,12 @@ class LMDataModule(L.LightningDataModule):
             )
         self._tokens = tokens
         self.val_dataset = SlidingWindowDataset(val_tokens, ctx, ctx, what="validation split")
+        # random windows are drawn afresh each epoch: the sampler hands the epoch to the dataset
         self.train_sampler = EpochShuffleSampler(
-            len(train_ds), seed=self.seed, shuffle=self.shuffle
+            len(train_ds),
+            seed=self.seed,
+            shuffle=self.shuffle,
+            with_epoch=isinstance(train_ds, RandomWindowDataset),
         )
         self.train_dataset = train_ds
         self._apply_resume()

@@ -87,13 +87,17 @@ class SlidingWindowDataset(Dataset):
 
 
 class RandomWindowDataset(Dataset):
-    """``num_samples`` windows at random offsets in ``[0, N - context_length - 1]``, nanoGPT style.
+    """``num_samples`` windows per epoch at random offsets in ``[0, N - context_length - 1]``,
+    nanoGPT style.
 
     Use it for large corpora and iteration-based training (``max_steps``): there is no notion of
     an epoch covering the corpus, windows overlap at random, and ``num_samples`` only sets how many
-    windows make one "epoch" for the loop. The offset of item i depends only on ``(seed, i)``, so
-    the dataset is deterministic under any sampler, with any number of workers, and a resumed run
-    sees the same windows.
+    windows make one "epoch" for the loop. Items are ``(epoch, i)`` pairs, as
+    :class:`EpochShuffleSampler` with ``with_epoch=True`` yields them (a plain ``i`` means epoch
+    0). The offset depends only on ``(seed, epoch, i)``: every epoch draws fresh offsets, yet the
+    dataset stays deterministic under any sampler, with any number of workers, and a resumed run
+    sees the same windows. The epoch travels with the index, not as dataset state, because
+    DataLoader workers hold their own copy of the dataset.
     """
 
     def __init__(
@@ -114,31 +118,43 @@ class RandomWindowDataset(Dataset):
     def __len__(self) -> int:
         return self.num_samples
 
-    def offset(self, index: int) -> int:
-        rng = np.random.default_rng([self.seed & 0xFFFFFFFFFFFFFFFF, index])
+    def offset(self, index: int, epoch: int = 0) -> int:
+        """The start of window ``index`` in ``epoch``."""
+        rng = np.random.default_rng([self.seed & 0xFFFFFFFFFFFFFFFF, int(epoch), int(index)])
         return int(rng.integers(self._num_offsets))
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        index = int(index)
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, index = item if isinstance(item, tuple) else (0, item)
+        epoch, index = int(epoch), int(index)
         if index < 0:
             index += self.num_samples
-        if not 0 <= index < self.num_samples:
-            raise IndexError(f"sample {index} out of range for {self.num_samples} samples")
-        return _window(self.tokens, self.offset(index), self.context_length)
+        if not 0 <= index < self.num_samples or epoch < 0:
+            raise IndexError(f"sample {item} out of range for {self.num_samples} samples")
+        return _window(self.tokens, self.offset(index, epoch), self.context_length)
 
 
-class EpochShuffleSampler(Sampler[int]):
+class EpochShuffleSampler(Sampler[int | tuple[int, int]]):
     """Indices ``0..n-1``, in an order that depends only on ``(seed, epoch)`` when shuffling.
+
+    ``with_epoch=True`` yields ``(epoch, index)`` pairs instead, for datasets whose items change
+    with the epoch (:class:`RandomWindowDataset`).
 
     Lightning calls ``set_epoch`` at the start of each epoch; under DDP it wraps this sampler in
     ``DistributedSamplerWrapper``, which forwards ``set_epoch`` here and shards the order across
     ranks, so every rank sees a disjoint, reproducible part of the same epoch order.
     """
 
-    def __init__(self, data_source_len: int, seed: int = 1337, shuffle: bool = True) -> None:
+    def __init__(
+        self,
+        data_source_len: int,
+        seed: int = 1337,
+        shuffle: bool = True,
+        with_epoch: bool = False,
+    ) -> None:
         self.n = int(data_source_len)
         self.seed = int(seed)
         self.shuffle = bool(shuffle)
+        self.with_epoch = bool(with_epoch)
         self.epoch = 0
         self._resume: tuple[int, int] | None = None
 
@@ -156,16 +172,20 @@ class EpochShuffleSampler(Sampler[int]):
     def __len__(self) -> int:
         return self.n
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[int | tuple[int, int]]:
         start = 0
         if self._resume is not None:
             epoch, position = self._resume
             self._resume = None
             start = position if epoch == self.epoch else 0
         if not self.shuffle:
-            return iter(range(start, self.n))
-        rng = np.random.default_rng([self.seed & 0xFFFFFFFFFFFFFFFF, self.epoch])
-        return iter(rng.permutation(self.n)[start:].tolist())
+            order = list(range(start, self.n))
+        else:
+            rng = np.random.default_rng([self.seed & 0xFFFFFFFFFFFFFFFF, self.epoch])
+            order = rng.permutation(self.n)[start:].tolist()
+        if self.with_epoch:
+            return iter([(self.epoch, i) for i in order])
+        return iter(order)
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "seed": self.seed}
