@@ -32,34 +32,52 @@ class OptimizerConfig:
             raise UserError(f"optimizer.betas={list(self.betas)} must be two numbers in [0, 1)")
 
 
+# The warm-up when neither scheduler.warmup_steps nor scheduler.warmup_fraction is set.
+DEFAULT_WARMUP_FRACTION = 0.05
+
+
 @dataclass
 class SchedulerConfig:
     """Learning-rate schedule, stepped once per optimizer step.
 
     ``name``: ``cosine`` (linear warm-up, then cosine decay to ``min_lr``), ``linear`` (warm-up,
-    then linear decay to ``min_lr``) or ``constant`` (warm-up, then flat). ``warmup_steps`` may be
-    given as a fraction of the total steps with ``warmup_fraction`` instead. ``total_steps=None``
-    uses the Trainer's estimate of the optimizer steps of the whole run.
+    then linear decay to ``min_lr``) or ``constant`` (warm-up, then flat). The warm-up is either
+    ``warmup_steps`` optimizer steps or ``warmup_fraction`` of the total steps: set one of them
+    (the other stays ``None``, or 0 which adds no warm-up); with neither set it is
+    ``DEFAULT_WARMUP_FRACTION`` of the total. ``total_steps=None`` uses the Trainer's estimate of
+    the optimizer steps of the whole run.
     """
 
     name: str = "cosine"
-    warmup_steps: int = 0
-    warmup_fraction: float = 0.0
+    warmup_steps: int | None = None
+    warmup_fraction: float | None = None
     min_lr: float = 0.0
     total_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.name not in SCHEDULES:
             raise UserError(f"scheduler.name={self.name!r} is unknown: choose one of {SCHEDULES}")
-        if self.warmup_steps < 0 or not 0 <= self.warmup_fraction < 1:
-            raise UserError("scheduler.warmup_steps must be >= 0 and warmup_fraction in [0, 1)")
-        if self.warmup_steps > 0 and self.warmup_fraction > 0:
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise UserError(f"scheduler.warmup_steps={self.warmup_steps} must be >= 0")
+        if self.warmup_fraction is not None and not 0 <= self.warmup_fraction < 1:
+            raise UserError(f"scheduler.warmup_fraction={self.warmup_fraction} must be in [0, 1)")
+        # 0 in one key with a warm-up in the other is not a conflict: 0 adds no warm-up (the
+        # norm ablation sweeps the fraction with warmup_steps=0 over a base that sets steps).
+        if (self.warmup_steps or 0) > 0 and (self.warmup_fraction or 0) > 0:
             raise UserError(
                 f"scheduler.warmup_steps={self.warmup_steps} and scheduler.warmup_fraction="
-                f"{self.warmup_fraction} both set a warm-up: set one of them to 0."
+                f"{self.warmup_fraction} both set a warm-up: set only one (the other to null)."
             )
         if self.min_lr < 0:
             raise UserError(f"scheduler.min_lr={self.min_lr} must be >= 0")
+
+    def warmup(self, total_steps: int) -> int:
+        """The number of warm-up steps in a schedule of ``total_steps`` optimizer steps."""
+        if self.warmup_steps:
+            return self.warmup_steps
+        if self.warmup_steps is None and self.warmup_fraction is None:
+            return int(DEFAULT_WARMUP_FRACTION * total_steps)
+        return int((self.warmup_fraction or 0.0) * total_steps)
 
 
 def build_adamw(
@@ -80,7 +98,7 @@ def build_adamw(
 
 def lr_multiplier(step: int, cfg: SchedulerConfig, total_steps: int, base_lr: float) -> float:
     """The factor on ``base_lr`` at optimizer step ``step`` (0-based)."""
-    warmup = cfg.warmup_steps or int(cfg.warmup_fraction * total_steps)
+    warmup = cfg.warmup(total_steps)
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
     if cfg.name == "constant":

@@ -1,0 +1,79 @@
+"""The composed configs: warm-up settings of the scheduler and of every experiment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from llm_scratch.errors import UserError
+from llm_scratch.train.optim import SchedulerConfig
+from llm_scratch.train.validate import validate_config
+from tests.helpers import CONFIG_DIR, compose_config
+
+# Warm-up steps over a 1000-step run, as the scheduler computed them before warmup_steps and
+# warmup_fraction defaulted to null; per sweep job for the ablations that sweep the warm-up.
+WARMUP_AT_1000 = {
+    None: [50],  # the default: 5% of the run
+    "label_shift": [20],
+    "shakespeare_baby": [100],
+    "shakespeare_cpu": [50],
+    "ablation_norm": [0, 100],
+    "ablation_norm_cpu": [0, 100],
+}
+EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+
+
+def _sweep_jobs(cfg) -> list[dict]:
+    """The scheduler settings of each job of the config's sweep (one job without a sweep)."""
+    params = cfg.hydra.sweeper.params
+    params = OmegaConf.to_container(params) if params is not None else {}
+    jobs: list[dict] = [{}]
+    for key, values in params.items():
+        if key.startswith("scheduler."):
+            name = key.split(".", 1)[1]
+            values = [yaml.safe_load(v) for v in str(values).split(",")]
+            jobs = [{**job, name: v} for job in jobs for v in values]
+    return jobs
+
+
+def _warmups(overrides: list[str], tmp_path) -> list[int]:
+    cfg = compose_config(overrides, tmp_path / "run")
+    validate_config(cfg)
+    base = OmegaConf.to_container(cfg.scheduler, resolve=True)
+    return [SchedulerConfig(**{**base, **job}).warmup(1000) for job in _sweep_jobs(cfg)]
+
+
+@pytest.mark.parametrize("experiment", [None, *EXPERIMENTS])
+def test_every_experiment_keeps_its_warmup(experiment, tmp_path):
+    overrides = [] if experiment is None else [f"experiment={experiment}"]
+    assert _warmups(overrides, tmp_path) == WARMUP_AT_1000.get(experiment, [0])
+
+
+def test_norm_ablation_on_a_base_with_warmup_steps_sweeps_the_fraction(tmp_path):
+    assert _warmups(["experiment=shakespeare_cpu", "ablation=norm"], tmp_path) == [0, 100]
+
+
+@pytest.mark.parametrize(
+    "override, warmup",
+    [
+        ("scheduler.warmup_steps=10", 10),
+        ("scheduler.warmup_fraction=0.2", 200),
+        ("scheduler.warmup_steps=0", 0),
+        ("scheduler.warmup_fraction=0.0", 0),
+    ],
+)
+def test_either_warmup_key_alone_works(override, warmup, tmp_path):
+    assert _warmups([override], tmp_path) == [warmup]
+
+
+def test_two_conflicting_warmups_are_refused(tmp_path):
+    cfg = compose_config(
+        ["scheduler.warmup_steps=10", "scheduler.warmup_fraction=0.1"], tmp_path / "run"
+    )
+    with pytest.raises(UserError, match="both set a warm-up"):
+        SchedulerConfig(**OmegaConf.to_container(cfg.scheduler, resolve=True))
+    with pytest.raises(UserError, match="warmup_steps=-1"):
+        SchedulerConfig(warmup_steps=-1)
