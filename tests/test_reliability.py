@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
 
 from llm_scratch import sample
@@ -210,6 +211,27 @@ def test_impossible_model_or_config(tmp_path, overrides, match):
         train(compose_config([*TINY, *overrides], tmp_path / "run"))
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model.n_head=5"],
+        ["model.attention=bad"],
+        ["data.tokenizer=gpt5"],
+        ["data.sampling=bad"],
+        ["scheduler.name=foo"],
+        ["optimizer.betas=[0.9,1.5]"],
+        ["data=text", "data.path=/nonexistent/corpus.txt"],
+        ["data.context_length=4096", "model.context_length=4096"],  # fails in the data setup
+    ],
+    ids=lambda o: o[-1].split("=")[0],
+)
+def test_a_failed_run_leaves_no_half_written_run_directory(tmp_path, overrides):
+    run = tmp_path / "run"
+    with pytest.raises((UserError, InstantiationException)):
+        train(compose_config([*TINY, *overrides], run))
+    assert [p for p in run.rglob("*") if p.is_file()] == []
+
+
 def test_unwritable_output_dir(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
@@ -393,6 +415,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, check_every
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 2
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+    # a failure after checkpoints were saved keeps the run's config and tokenizer with them
+    assert (run / "config.yaml").is_file() and (run / "tokenizer.json").is_file()
 
 
 def test_disk_full_during_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -17,12 +18,14 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from llm_scratch.data.corpora import load_corpus
 from llm_scratch.errors import UserError, exit_on_user_error, one_line
 from llm_scratch.train.callbacks import LineProgressBar
 from llm_scratch.train.checkpoints import resolve_ckpt_path
 from llm_scratch.train.config_tree import print_config_tree
 from llm_scratch.train.hf_backend import init_from_model_config
 from llm_scratch.train.module import GPTLightningModule
+from llm_scratch.train.optim import OptimizerConfig, SchedulerConfig
 from llm_scratch.train.reliability import (
     AtomicCheckpointIO,
     check_resume_checkpoint,
@@ -129,43 +132,46 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths)
     _check_output_dir(output_dir, ckpt_path)
+    written: list[Path] = []  # the files this call writes into the run directory
+    try:
+        return _train(cfg, output_dir, ckpt_path, started, written)
+    except Exception:
+        _remove_unfinished(output_dir, written)
+        raise
+
+
+def _train(
+    cfg: DictConfig, output_dir: Path, ckpt_path: str | None, started: float, written: list[Path]
+) -> dict[str, float]:
+    L.seed_everything(cfg.seed, workers=True)
+    # Every check a config value can fail comes before anything is written to the run directory.
+    datamodule = instantiate(cfg.data)
+    tokenizer = datamodule.tokenizer
+    _check_corpus_exists(datamodule)
+    model_config = _model_config(cfg, datamodule.vocab_size)
+    optimizer = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    scheduler = OmegaConf.to_container(cfg.scheduler, resolve=True)
+    OptimizerConfig(**optimizer)
+    SchedulerConfig(**scheduler)
+    if ckpt_path is not None:  # refused here, with one line, rather than deep inside Lightning
+        check_resume_checkpoint(ckpt_path, asdict(model_config), tokenizer.to_dict())
+    loggers = _build_loggers(cfg)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=_build_callbacks(cfg), logger=loggers, plugins=[AtomicCheckpointIO()]
+    )
 
     if int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
         job_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
         print_config_tree(job_cfg)
-        atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(job_cfg, resolve=True))
-    L.seed_everything(cfg.seed, workers=True)
-
-    datamodule = instantiate(cfg.data)
+        written.append(output_dir / "config.yaml")
+        atomic_write_text(written[-1], OmegaConf.to_yaml(job_cfg, resolve=True))
+    written.append(output_dir / "tokenizer.json")
+    tokenizer.save(written[-1])
     init_from = cfg.get("init_from")
-    try:
-        if init_from:  # fine-tuning: the architecture is the GPT-2 checkpoint's
-            model_config = init_from_model_config(
-                OmegaConf.to_container(cfg.model, resolve=True),
-                init_from,
-                vocab_size=datamodule.vocab_size,
-                context_length=cfg.data.context_length,
-            )
-        else:
-            model_config = instantiate(cfg.model, vocab_size=datamodule.vocab_size)
-    except (ValueError, InstantiationException) as error:
-        cause = error.__cause__ if isinstance(error.__cause__, ValueError) else error
-        raise UserError(f"Bad model configuration: {cause}") from error
-    model_context = getattr(model_config, "context_length", None)
-    if model_context is not None and model_context < cfg.data.context_length:
-        raise UserError(
-            f"model.context_length={model_context} is shorter than data.context_length="
-            f"{cfg.data.context_length}, the windows the model is trained on; leave "
-            "model.context_length unset (it follows data.context_length) or make it at least that."
-        )
-    tokenizer = datamodule.tokenizer
-    if ckpt_path is not None:  # refused here, with one line, rather than deep inside Lightning
-        check_resume_checkpoint(ckpt_path, asdict(model_config), tokenizer.to_dict())
-    tokenizer.save(output_dir / "tokenizer.json")
     module = GPTLightningModule(
         model=asdict(model_config),
-        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
-        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
+        optimizer=optimizer,
+        scheduler=scheduler,
         tokenizer=tokenizer.to_dict(),
         compile=cfg.get("compile", False),
         init_from=init_from,
@@ -176,10 +182,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         ", ".join(f"{k}={v}" for k, v in asdict(model_config).items() if k != "vocab_size"),
         model_config.vocab_size,
         model_config.context_length,
-    )
-    loggers = _build_loggers(cfg)
-    trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=_build_callbacks(cfg), logger=loggers, plugins=[AtomicCheckpointIO()]
     )
     try:
         if cfg.get("train", True):
@@ -199,6 +201,56 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         write_run_summary(output_dir, trainer, module.model.num_params(), started, metrics)
     return metrics
+
+
+def _model_config(cfg: DictConfig, vocab_size: int) -> Any:
+    """The model's config (a GPTConfig, or an HFGPT2Config for ``model=hf_gpt2``)."""
+    init_from = cfg.get("init_from")
+    try:
+        if init_from:  # fine-tuning: the architecture is the GPT-2 checkpoint's
+            model_config = init_from_model_config(
+                OmegaConf.to_container(cfg.model, resolve=True),
+                init_from,
+                vocab_size=vocab_size,
+                context_length=cfg.data.context_length,
+            )
+        else:
+            model_config = instantiate(cfg.model, vocab_size=vocab_size)
+    except (ValueError, InstantiationException) as error:
+        cause = error.__cause__ if isinstance(error.__cause__, ValueError) else error
+        raise UserError(f"Bad model configuration: {cause}") from error
+    model_context = getattr(model_config, "context_length", None)
+    if model_context is not None and model_context < cfg.data.context_length:
+        raise UserError(
+            f"model.context_length={model_context} is shorter than data.context_length="
+            f"{cfg.data.context_length}, the windows the model is trained on; leave "
+            "model.context_length unset (it follows data.context_length) or make it at least that."
+        )
+    return model_config
+
+
+def _check_corpus_exists(datamodule: Any) -> None:
+    """A corpus given as a path that does not exist is refused now; reading and tokenizing it
+    waits for the Trainer (prepare_data, setup)."""
+    if not datamodule.is_named_corpus and not Path(datamodule.source).expanduser().exists():
+        load_corpus(datamodule.source)  # raises its one-line "neither a named corpus..." error
+
+
+def _remove_unfinished(output_dir: Path, written: list[Path]) -> None:
+    """After a failure, remove the files this call wrote (config.yaml, tokenizer.json) if the run
+    left nothing else: no checkpoint, metrics, samples or logger files. Hydra's own files (.hydra/
+    and the log) stay, and so does anything an earlier run put there."""
+    ours = {path.resolve() for path in written}
+    for path in output_dir.rglob("*"):
+        relative = path.relative_to(output_dir)
+        hydras = relative.parts[0] == ".hydra" or (
+            len(relative.parts) == 1 and path.suffix == ".log"
+        )
+        if path.is_file() and not hydras and path.resolve() not in ours:
+            return  # the run produced something: keep its config and tokenizer with it
+    for path in written:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def _finish_loggers(loggers: list) -> None:
