@@ -77,3 +77,20 @@ def test_two_conflicting_warmups_are_refused(tmp_path):
         SchedulerConfig(**OmegaConf.to_container(cfg.scheduler, resolve=True))
     with pytest.raises(UserError, match="warmup_steps=-1"):
         SchedulerConfig(warmup_steps=-1)
+
+
+def test_verdict_book_is_the_books_gpt2_without_qkv_bias(tmp_path):
+    import torch
+
+    from llm_scratch.model import GPT, GPTConfig
+
+    cfg = compose_config(["experiment=verdict_book"], tmp_path / "run")
+    validate_config(cfg)
+    fields = OmegaConf.to_container(cfg.model, resolve=True)
+    fields.pop("_target_")
+    config = GPTConfig(**{**fields, "vocab_size": 50257})
+    assert (config.bias, config.qkv_bias, config.context_length) == (True, False, 256)
+    with torch.device("meta"):
+        model = GPT(config)
+    # rasbt's GPT_CONFIG_124M with qkv_bias=False and context 256 (its separate output head)
+    assert model.num_params() == 162_419_712

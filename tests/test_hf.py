@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 
 import pytest
 import torch
@@ -99,7 +100,19 @@ def test_post_norm_and_bias_free_models_cannot_be_exported(tmp_path):
     assert "\n" not in str(error.value)
     with pytest.raises(ValueError, match=r"bias=False.*cannot be written as GPT-2"):
         GPT(GPTConfig(**small, bias=False)).save_hf(tmp_path)
+    with pytest.raises(ValueError, match=r"qkv_bias=False.*cannot be written as GPT-2"):
+        GPT(GPTConfig(**small, qkv_bias=False)).save_hf(tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def test_gpt2_weights_load_into_a_model_with_qkv_bias_true_but_not_false(tiny_gpt2_dir):
+    from llm_scratch.model.hf import load_hf_weights
+
+    config = GPT.from_hf(tiny_gpt2_dir).config
+    # qkv_bias=True says what qkv_bias=None (the same as bias=True) says: GPT-2's layout
+    load_hf_weights(GPT(dataclasses.replace(config, qkv_bias=True)), tiny_gpt2_dir)
+    with pytest.raises(ValueError, match=r"does not match the GPT-2 checkpoint: qkv_bias=False"):
+        load_hf_weights(GPT(dataclasses.replace(config, qkv_bias=False)), tiny_gpt2_dir)
 
 
 # --- the HF backend's labels --------------------------------------------------------------

@@ -47,6 +47,7 @@ def test_config_defaults_and_field_order():
         "n_embd",
         "dropout",
         "bias",
+        "qkv_bias",
         "pre_norm",
         "layer_init",
         "attention",
@@ -62,6 +63,7 @@ def test_config_defaults_and_field_order():
     )
     assert (cfg.dropout, cfg.bias, cfg.pre_norm, cfg.tie_weights) == (0.0, True, True, True)
     assert (cfg.layer_init, cfg.attention) == ("fresh", "fused")
+    assert cfg.qkv_bias is None and cfg.attn_qkv_bias  # None: the same as bias
 
 
 @pytest.mark.parametrize(
@@ -77,6 +79,7 @@ def test_config_defaults_and_field_order():
         (dict(dropout=-0.1), r"dropout=-0.1"),
         (dict(bias="yes"), r"bias='yes' is not a bool"),
         (dict(pre_norm=1), r"pre_norm=1 is not a bool"),
+        (dict(qkv_bias="no"), r"qkv_bias='no' is not a bool"),
     ],
 )
 def test_config_validation(kwargs, pattern):
@@ -237,6 +240,22 @@ def test_loop_and_fused_agree_through_state_dict(source, target, pre_norm):
     grads_b = dict(b.named_parameters())
     for name, p in a.named_parameters():
         torch.testing.assert_close(grads_b[name].grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("bias, qkv_bias", [(True, False), (False, True)])
+def test_qkv_bias_sets_only_the_qkv_projection_and_loop_and_fused_agree(bias, qkv_bias):
+    fused = tiny_model(seed=3, attention="fused", bias=bias, qkv_bias=qkv_bias, n_head=4, n_embd=32)
+    loop = tiny_model(seed=4, attention="loop", bias=bias, qkv_bias=qkv_bias, n_head=4, n_embd=32)
+    attn = fused.transformer.h[0].attn
+    assert (attn.c_attn.bias is not None) is qkv_bias
+    assert (attn.c_proj.bias is not None) is bias
+    assert (fused.transformer.h[0].ln_1.bias is not None) is bias
+    with torch.no_grad():
+        for p in fused.parameters():
+            p.normal_(0.0, 0.3)
+    loop.load_state_dict(fused.state_dict(), strict=True)
+    idx = torch.randint(0, 32, (3, 16))
+    torch.testing.assert_close(loop(idx)[0], fused(idx)[0], rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("attention", ["fused", "loop"])

@@ -32,6 +32,8 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # biases in Linear layers and LayerNorms
+    # the q/k/v projection's bias alone (the book's qkv_bias); None: the same as bias
+    qkv_bias: bool | None = None
     pre_norm: bool = True  # True: GPT-2 pre-norm; False: original Transformer post-norm
     layer_init: str = "fresh"  # "fresh": init each block on its own; "clone": deepcopy one block
     attention: str = "fused"  # "fused": one SDPA call for all heads; "loop": per-head Python loop
@@ -54,6 +56,11 @@ class GPTConfig:
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ValueError(f"GPTConfig.{name}={value!r} is not a bool: use True or False")
+        if self.qkv_bias is not None and not isinstance(self.qkv_bias, bool):
+            raise ValueError(
+                f"GPTConfig.qkv_bias={self.qkv_bias!r} is not a bool: use True, False or None "
+                "(None: the same as bias)"
+            )
         for name, choices in (("layer_init", LAYER_INITS), ("attention", ATTENTIONS)):
             value = getattr(self, name)
             if value not in choices:
@@ -73,6 +80,11 @@ class GPTConfig:
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def attn_qkv_bias(self) -> bool:
+        """Whether the q/k/v projection (c_attn) has a bias: qkv_bias, or bias when it is None."""
+        return self.bias if self.qkv_bias is None else self.qkv_bias
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> "GPTConfig":

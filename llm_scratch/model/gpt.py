@@ -276,7 +276,8 @@ class GPT(nn.Module):
 
     def save_hf(self, directory) -> None:
         """Write this GPT as a Hugging Face GPT-2 directory (``GPT2LMHeadModel.from_pretrained``
-        loads it with the same logits). ValueError for post-norm or bias-free models."""
+        loads it with the same logits). ValueError for post-norm or bias-free models (bias=False
+        or qkv_bias=False)."""
         from llm_scratch.model.hf import save_hf
 
         save_hf(self, directory)

@@ -11,12 +11,14 @@ The parameter names already match (nanoGPT follows GPT-2); two things differ:
 - GPT-2's attention modules may carry non-persistent buffers (the causal mask); they are skipped.
 
 GPT-2 is pre-norm, with biases, GELU in its tanh approximation (``gelu_new``) and LayerNorm
-eps 1e-5, which is exactly our ``GPTConfig(pre_norm=True, bias=True)``; a post-norm or
-bias-free GPT has no GPT-2 equivalent and is refused with a ``ValueError``.
+eps 1e-5, which is exactly our ``GPTConfig(pre_norm=True, bias=True)``; a post-norm GPT, or one
+without biases (``bias=False``, or only on q/k/v: ``qkv_bias=False``) has no GPT-2 equivalent
+and is refused with a ``ValueError``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -171,6 +173,8 @@ def load_hf_weights(model: GPT, source: Any) -> GPT:
     own = model.config
     free = {name: getattr(own, name) for name in FREE_FIELDS}
     expected = gpt_config_from_hf(hf_model.config, **free)
+    # qkv_bias=None and True both mean a q/k/v bias, as GPT-2 has
+    expected = dataclasses.replace(expected, qkv_bias=own.qkv_bias if own.attn_qkv_bias else None)
     if expected != own:
         diff = [
             f"{name}={getattr(own, name)!r} (checkpoint: {getattr(expected, name)!r})"
@@ -201,6 +205,11 @@ def hf_config_from_gpt(config: GPTConfig):
     if not config.bias:
         raise ValueError(
             "a GPT without biases (bias=False) cannot be written as GPT-2, which always has them"
+        )
+    if not config.attn_qkv_bias:
+        raise ValueError(
+            "a GPT without the q/k/v bias (qkv_bias=False) cannot be written as GPT-2, whose "
+            "attention always has it"
         )
     return gpt2_config(
         vocab_size=config.vocab_size,
