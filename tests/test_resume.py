@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import REPO
+from llm_scratch.train.run import train
+from tests.helpers import FAST, REPO, compose_config
 
 # gpt-nano (dropout 0.1), char-level Verdict: 23 batches per epoch, 2 epochs = 46 steps,
 # last.ckpt every 5 steps. Killed in the second epoch, so the resumed run also has to continue
@@ -121,3 +122,38 @@ def test_killed_run_resumes_exactly(tmp_path, uninterrupted, sig):
     diff = max(abs(after[s] - uninterrupted[s]) for s in after)
     print(f"{sig.name}: resumed at step {step}, max abs loss difference {diff:.3g}")
     assert diff <= TOLERANCE, diff
+
+
+# gpt-nano, char-level Verdict, 8 batches per epoch, constant learning rate: so only the batches
+# trained (and the dropout masks) decide the losses.
+SHORT = [
+    *FAST,
+    "data.tokenizer=char",
+    "data.context_length=32",
+    "data.stride=null",
+    "data.batch_size=64",
+    "scheduler.name=constant",
+    "trainer.limit_val_batches=2",
+    "trainer.enable_progress_bar=false",
+    "logger=csv",
+    "callbacks.text_sampler=null",
+]
+
+
+@pytest.mark.parametrize("sampling", ["sliding", "random"])
+def test_raising_max_steps_continues_the_stopped_epoch(tmp_path, sampling):
+    # A run stopped by trainer.max_steps mid-epoch and continued with a larger max_steps (the
+    # README's way to train longer) started the next epoch at batch 5/8: epoch 0's last 4
+    # batches were never trained and epoch 1 was cut short. Stopped twice here (steps 3 and 6,
+    # the second time from a continued run), then continued into the second epoch.
+    common = [*SHORT, f"data.sampling={sampling}"]
+
+    def run(name: str, max_steps: int, ckpt: Path | None = None) -> dict[int, float]:
+        extra = [f"ckpt_path={ckpt}"] if ckpt else []
+        train(compose_config([*common, f"trainer.max_steps={max_steps}", *extra], tmp_path / name))
+        return losses(tmp_path / name)
+
+    whole = run("whole", 12)
+    continued = {**run("a", 3), **run("b", 6, tmp_path / "a"), **run("c", 12, tmp_path / "b")}
+    assert sorted(continued) == sorted(whole) == list(range(12))
+    assert max(abs(continued[s] - whole[s]) for s in whole) == 0

@@ -123,9 +123,49 @@ class GPTLightningModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._rng_states_to_restore = checkpoint.get("rng_states")
+        reopen_epoch_stopped_by_max_steps(checkpoint)
 
     def on_train_start(self) -> None:
         states = getattr(self, "_rng_states_to_restore", None)
         if states is not None:
             set_rng_states(states)
             self._rng_states_to_restore = None
+
+
+def reopen_epoch_stopped_by_max_steps(checkpoint: dict[str, Any]) -> bool:
+    """Make a checkpoint saved when ``max_steps`` stopped training mid-epoch continue that epoch.
+
+    Lightning (2.6) ends the epoch when ``max_steps`` is reached, whether or not the epoch is
+    over: the epoch counts as finished (``current_epoch`` + 1) while the batch counter keeps the
+    batches done. A run continued from that checkpoint with a larger ``max_steps`` then started
+    the next epoch at that batch count, so the rest of the stopped epoch was never trained and the
+    next one was cut short. The loop state is put back to what Lightning saves after that batch
+    (as the periodic ``last.ckpt`` is), from which it resumes exactly; the data module's saved
+    position then matches the epoch. Runs before Lightning restores the loops (the module's
+    ``on_load_checkpoint`` does). Returns whether the checkpoint was changed.
+    """
+    fit = checkpoint.get("loops", {}).get("fit_loop", {})
+    try:
+        epochs = fit["epoch_progress"]
+        batches = fit["epoch_loop.batch_progress"]
+        loop_state = fit["epoch_loop.state_dict"]
+        loop_state["_batches_that_stepped"]
+    except KeyError:  # weights only, or another Lightning's layout: leave it to Lightning
+        return False
+    counts = ("ready", "started", "processed", "completed")
+    epoch_ended = all(len({epochs[k][c] for c in counts}) == 1 for k in ("current", "total"))
+    batch_done = len({batches["current"][c] for c in counts}) == 1
+    if not (epoch_ended and batch_done and batches["current"]["completed"] > 0):
+        return False
+    if batches.get("is_last_batch", True):
+        # The epoch really ended (Lightning's own issue #19617 when it ends at max_steps): left
+        # to Lightning.
+        return False
+    for key in ("current", "total"):
+        epochs[key]["processed"] -= 1
+        epochs[key]["completed"] -= 1
+        batches[key]["completed"] -= 1  # "restarted on train batch end"
+    loop_state["_batches_that_stepped"] -= 1  # Lightning adds it back on that restart
+    if "epoch" in checkpoint:
+        checkpoint["epoch"] -= 1
+    return True
