@@ -94,3 +94,30 @@ def test_verdict_book_is_the_books_gpt2_without_qkv_bias(tmp_path):
         model = GPT(config)
     # rasbt's GPT_CONFIG_124M with qkv_bias=False and context 256 (its separate output head)
     assert model.num_params() == 162_419_712
+
+
+def _lr_at(step: int, scheduler: dict, estimated_steps: int) -> float:
+    """The learning rate the module's scheduler gives at ``step`` under a Trainer that
+    estimates ``estimated_steps`` optimizer steps for the run."""
+    from types import SimpleNamespace
+
+    from llm_scratch.train.module import GPTLightningModule
+
+    model = dict(vocab_size=16, context_length=8, n_layer=1, n_head=1, n_embd=8)
+    module = GPTLightningModule(model, optimizer={"lr": 1.0}, scheduler=scheduler)
+    module._trainer = SimpleNamespace(
+        precision="32-true", gradient_clip_val=None, estimated_stepping_batches=estimated_steps
+    )
+    lr_scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    return lr_scheduler.lr_lambdas[0](step)
+
+
+def test_a_pinned_total_keeps_the_schedule_when_a_continued_run_trains_longer():
+    cosine = {"name": "cosine", "warmup_steps": 0, "min_lr": 0.0}
+    # the first run planned 100 steps; continued with max_epochs doubled, the Trainer says 200
+    assert _lr_at(90, cosine, 100) == pytest.approx(0.0245, abs=1e-4)
+    assert _lr_at(90, cosine, 200) == pytest.approx(0.5782, abs=1e-4)  # the jump
+    pinned = {**cosine, "total_steps": 100}
+    assert _lr_at(90, pinned, 200) == _lr_at(90, cosine, 100)
+    with pytest.raises(UserError, match="scheduler.total_steps=0"):
+        SchedulerConfig(total_steps=0)

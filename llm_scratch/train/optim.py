@@ -45,7 +45,8 @@ class SchedulerConfig:
     ``warmup_steps`` optimizer steps or ``warmup_fraction`` of the total steps: set one of them
     (the other stays ``None``, or 0 which adds no warm-up); with neither set it is
     ``DEFAULT_WARMUP_FRACTION`` of the total. ``total_steps=None`` uses the Trainer's estimate of
-    the optimizer steps of the whole run.
+    the optimizer steps of the whole run, which a continued run recomputes from its own
+    ``max_epochs``/``max_steps`` (so raising them re-stretches the decay); a number pins it.
     """
 
     name: str = "cosine"
@@ -70,6 +71,8 @@ class SchedulerConfig:
             )
         if self.min_lr < 0:
             raise UserError(f"scheduler.min_lr={self.min_lr} must be >= 0")
+        if self.total_steps is not None and self.total_steps < 1:
+            raise UserError(f"scheduler.total_steps={self.total_steps} must be >= 1 (or null)")
 
     def warmup(self, total_steps: int) -> int:
         """The number of warm-up steps in a schedule of ``total_steps`` optimizer steps."""
