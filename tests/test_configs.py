@@ -121,3 +121,20 @@ def test_a_pinned_total_keeps_the_schedule_when_a_continued_run_trains_longer():
     assert _lr_at(90, pinned, 200) == _lr_at(90, cosine, 100)
     with pytest.raises(UserError, match="scheduler.total_steps=0"):
         SchedulerConfig(total_steps=0)
+
+
+@pytest.mark.parametrize(
+    "env, group",
+    [
+        ({}, None),  # a single run
+        ({"SLURM_ARRAY_JOB_ID": "4242"}, "4242"),  # a sweep under hydra/launcher=slurm
+        ({"LLM_SCRATCH_SWEEP_ID": "norm-2026", "SLURM_ARRAY_JOB_ID": "4242"}, "norm-2026"),
+    ],
+)
+def test_wandb_groups_the_jobs_of_a_sweep_under_either_launcher(env, group, tmp_path, monkeypatch):
+    for name in ("LLM_SCRATCH_SWEEP_ID", "SLURM_ARRAY_JOB_ID"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    cfg = compose_config(["logger=wandb", "hydra/launcher=slurm"], tmp_path / "run")
+    assert cfg.logger.wandb.group == group
