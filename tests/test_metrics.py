@@ -42,3 +42,19 @@ def test_update_reads_nothing_back(monkeypatch):
     metric.update(torch.tensor(2.0), 3)
     monkeypatch.undo()
     assert metric.compute().item() == pytest.approx(2.0)
+
+
+def test_sums_are_saved_and_old_state_dicts_still_load():
+    """A checkpoint saved mid-epoch carries the epoch's sums; one saved before they were loads."""
+    metric = TokenWeightedMean()
+    metric.update(torch.tensor(2.0), 3)
+    state = metric.state_dict()
+    assert set(state) == {"total", "count"}
+    restored = TokenWeightedMean()
+    restored.load_state_dict(state)
+    restored.update(torch.tensor(4.0), 1)
+    assert restored.compute().item() == pytest.approx((2.0 * 3 + 4.0) / 4)
+    older = TokenWeightedMean()
+    older.load_state_dict({}, strict=True)
+    older.update(torch.tensor(4.0), 1)
+    assert older.compute().item() == pytest.approx(4.0)

@@ -89,7 +89,17 @@ class GPTLightningModule(L.LightningModule):
             # token-weighted mean over the epoch, synced across processes by torchmetrics
             # (sync_dist only quiets Lightning's warning about epoch-level values under DDP)
             self.log("train/epoch_loss", self.train_epoch_loss.compute(), sync_dist=True)
-        self.train_epoch_loss.reset()
+        # The sums are saved in checkpoints, so a run resumed mid-epoch averages the whole epoch.
+        # An epoch that max_steps cut short keeps them for the run that continues it (see
+        # reopen_epoch_stopped_by_max_steps).
+        if not self._epoch_cut_short_by_max_steps():
+            self.train_epoch_loss.reset()
+
+    def _epoch_cut_short_by_max_steps(self) -> bool:
+        trainer = self.trainer
+        max_steps = trainer.max_steps
+        at_max = max_steps is not None and max_steps >= 0 and trainer.global_step >= max_steps
+        return at_max and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         x, y = batch
@@ -123,26 +133,37 @@ class GPTLightningModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._rng_states_to_restore = checkpoint.get("rng_states")
-        reopen_epoch_stopped_by_max_steps(checkpoint)
+        trainer = self._trainer  # None when the module is loaded outside a Trainer
+        iteration_based = trainer is not None and trainer.max_steps != -1
+        reopen_epoch_stopped_by_max_steps(checkpoint, iteration_based)
 
     def on_train_start(self) -> None:
         states = getattr(self, "_rng_states_to_restore", None)
         if states is not None:
             set_rng_states(states)
             self._rng_states_to_restore = None
+        if self.trainer.world_size > 1:
+            # Under DDP a resumed epoch restarts from its first batch, and the checkpoint holds
+            # rank 0's sums only: start the epoch's mean afresh.
+            self.train_epoch_loss.reset()
 
 
-def reopen_epoch_stopped_by_max_steps(checkpoint: dict[str, Any]) -> bool:
-    """Make a checkpoint saved when ``max_steps`` stopped training mid-epoch continue that epoch.
+def reopen_epoch_stopped_by_max_steps(checkpoint: dict[str, Any], iteration_based: bool) -> bool:
+    """Put a checkpoint's loop state back to the one Lightning resumes exactly, where it would not.
 
     Lightning (2.6) ends the epoch when ``max_steps`` is reached, whether or not the epoch is
     over: the epoch counts as finished (``current_epoch`` + 1) while the batch counter keeps the
     batches done. A run continued from that checkpoint with a larger ``max_steps`` then started
     the next epoch at that batch count, so the rest of the stopped epoch was never trained and the
-    next one was cut short. The loop state is put back to what Lightning saves after that batch
-    (as the periodic ``last.ckpt`` is), from which it resumes exactly; the data module's saved
-    position then matches the epoch. Runs before Lightning restores the loops (the module's
-    ``on_load_checkpoint`` does). Returns whether the checkpoint was changed.
+    next one was cut short. And a checkpoint saved after an epoch's last batch (at validation or
+    epoch end) resumes wrongly whenever ``max_steps`` is set (Lightning issue #19617): steps one
+    off, the next epoch's windows skipped.
+
+    Both are rewritten to the state Lightning saves just after that batch (the periodic
+    ``last.ckpt``'s), from which it resumes exactly and which the data module's saved position
+    matches. Called by the module's ``on_load_checkpoint``, before Lightning restores the loops;
+    ``iteration_based``: the continued run sets ``max_steps``. Returns whether it changed the
+    checkpoint.
     """
     fit = checkpoint.get("loops", {}).get("fit_loop", {})
     try:
@@ -153,19 +174,25 @@ def reopen_epoch_stopped_by_max_steps(checkpoint: dict[str, Any]) -> bool:
     except KeyError:  # weights only, or another Lightning's layout: leave it to Lightning
         return False
     counts = ("ready", "started", "processed", "completed")
-    epoch_ended = all(len({epochs[k][c] for c in counts}) == 1 for k in ("current", "total"))
-    batch_done = len({batches["current"][c] for c in counts}) == 1
-    if not (epoch_ended and batch_done and batches["current"]["completed"] > 0):
+    epoch, batch = epochs["current"], batches["current"]
+    if len({batch[c] for c in counts}) != 1 or batch["completed"] == 0:
+        return False  # saved during a batch, or before the epoch's first one
+    ready = epoch["ready"]
+    if epoch["started"] != ready or epoch["processed"] not in (ready - 1, ready):
         return False
-    if batches.get("is_last_batch", True):
-        # The epoch really ended (Lightning's own issue #19617 when it ends at max_steps): left
-        # to Lightning.
-        return False
+    # After the epoch-end hooks (not during validation), the batch loop counted one more batch.
+    after_epoch_end = epoch["processed"] == ready
+    if batches.get("is_last_batch"):
+        if not iteration_based:
+            return False  # Lightning resumes the finished epoch right without max_steps
+    elif not (after_epoch_end and epoch["completed"] == ready):
+        return False  # mid-epoch, yet not stopped by max_steps: a state Lightning resumes
     for key in ("current", "total"):
-        epochs[key]["processed"] -= 1
-        epochs[key]["completed"] -= 1
+        shift = epochs[key]["ready"] - 1 - epochs[key]["processed"]
+        epochs[key]["processed"] += shift
+        epochs[key]["completed"] = epochs[key]["processed"]
         batches[key]["completed"] -= 1  # "restarted on train batch end"
-    loop_state["_batches_that_stepped"] -= 1  # Lightning adds it back on that restart
-    if "epoch" in checkpoint:
-        checkpoint["epoch"] -= 1
+    if after_epoch_end:
+        loop_state["_batches_that_stepped"] -= 1  # Lightning adds it back on that restart
+    checkpoint["epoch"] = epoch["completed"]
     return True

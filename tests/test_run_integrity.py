@@ -1,0 +1,87 @@
+"""A run's record stays whole across interruptions: the epoch loss after a resume, and the
+continuation of a fine-tuned run."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from llm_scratch.checkpoint import load_model
+from llm_scratch.errors import Preempted
+from llm_scratch.train.run import train
+from tests.helpers import FAST, compose_config
+
+# gpt-nano, char-level Verdict: 23 batches of 24 windows of 32 characters per epoch.
+TINY = [
+    *FAST,
+    "data.tokenizer=char",
+    "data.context_length=32",
+    "data.stride=null",
+    "data.batch_size=24",
+    "trainer.max_epochs=1",
+    "trainer.limit_val_batches=1",
+    "callbacks.text_sampler.max_new_tokens=2",
+    "scheduler.total_steps=23",  # the same schedule when a run stops early at max_steps
+]
+STOP_AT = 9  # mid-epoch
+
+
+class FakeSigterm(L.Callback):
+    """Acts as if SIGTERM arrived during the batch that reaches ``at_step``: Lightning stops
+    after it and SigtermCheckpoint saves last.ckpt."""
+
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.at_step:
+            trainer._signal_connector.received_sigterm = True  # what the handler sets
+
+
+def epoch_losses(run: Path) -> dict[int, float]:
+    with (run / "metrics.csv").open() as f:
+        rows = csv.DictReader(f)
+        return {int(r["step"]): float(r["train/epoch_loss"]) for r in rows if r["train/epoch_loss"]}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict[int, float]:
+    run = tmp_path_factory.mktemp("uninterrupted") / "run"
+    train(compose_config(TINY, run))
+    return epoch_losses(run)
+
+
+def test_epoch_loss_after_a_mid_epoch_resume_covers_the_whole_epoch(tmp_path, uninterrupted):
+    killed = tmp_path / "killed"
+    stop = [
+        "+callbacks.stop._target_=tests.test_run_integrity.FakeSigterm",
+        f"+callbacks.stop.at_step={STOP_AT}",
+    ]
+    with pytest.raises(Preempted):
+        train(compose_config([*TINY, *stop], killed))
+    resumed = tmp_path / "resumed"
+    train(compose_config([*TINY, f"ckpt_path={killed}"], resumed))
+    assert epoch_losses(resumed) == pytest.approx(uninterrupted, rel=1e-6)
+
+    # a checkpoint from before the sums were saved still resumes, and still loads for sampling
+    old = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)
+    sums = [k for k in old["state_dict"] if k.startswith("train_epoch_loss.")]
+    assert sums, "the epoch sums are in the checkpoint"
+    for key in [k for k in old["state_dict"] if not k.startswith("model.")]:
+        del old["state_dict"][key]
+    torch.save(old, tmp_path / "old.ckpt")
+    load_model(tmp_path / "old.ckpt")
+    train(compose_config([*TINY, f"ckpt_path={tmp_path / 'old.ckpt'}"], tmp_path / "from_old"))
+    assert epoch_losses(tmp_path / "from_old")
+
+
+def test_epoch_loss_after_max_steps_stopped_mid_epoch(tmp_path, uninterrupted):
+    first = tmp_path / "first"
+    train(compose_config([*TINY, f"trainer.max_steps={STOP_AT}"], first))
+    continued = tmp_path / "continued"
+    train(compose_config([*TINY, f"ckpt_path={first}"], continued))
+    assert epoch_losses(continued) == pytest.approx(uninterrupted, rel=1e-6)
