@@ -4,6 +4,7 @@ continuation of a fine-tuned run."""
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -12,6 +13,7 @@ import torch
 
 from llm_scratch.checkpoint import load_model
 from llm_scratch.errors import Preempted
+from llm_scratch.model import GPT, GPTConfig
 from llm_scratch.train.run import train
 from tests.helpers import FAST, compose_config
 
@@ -85,3 +87,42 @@ def test_epoch_loss_after_max_steps_stopped_mid_epoch(tmp_path, uninterrupted):
     continued = tmp_path / "continued"
     train(compose_config([*TINY, f"ckpt_path={first}"], continued))
     assert epoch_losses(continued) == pytest.approx(uninterrupted, rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+FINETUNE = [
+    *FAST,
+    "data=shakespeare_bpe",
+    "data.context_length=32",
+    "data.batch_size=2",
+    "data.sampling=random",
+    "data.samples_per_epoch=6",
+    "trainer.max_epochs=-1",
+    "trainer.limit_val_batches=1",
+    "model.dropout=0.0",
+    "callbacks.text_sampler.max_new_tokens=2",
+    "scheduler.total_steps=6",
+]
+
+
+@pytest.mark.parametrize("give_init_from", [True, False], ids=["init_from-gone", "no-init_from"])
+def test_a_fine_tuned_run_continues_without_its_gpt2_checkpoint(tmp_path, give_init_from):
+    pytest.importorskip("transformers")
+    gpt2_dir = tmp_path / "tiny_gpt2"
+    config = GPTConfig(vocab_size=50257, context_length=64, n_layer=1, n_head=2, n_embd=16)
+    GPT(config).save_hf(gpt2_dir)
+    run = tmp_path / "run"
+    train(compose_config([*FINETUNE, f"init_from={gpt2_dir}", "trainer.max_steps=3"], run))
+    shutil.rmtree(gpt2_dir)
+
+    continued = tmp_path / "continued"
+    init_from = [f"init_from={gpt2_dir}"] if give_init_from else []
+    train(
+        compose_config(
+            [*FINETUNE, *init_from, "trainer.max_steps=5", f"ckpt_path={run}"], continued
+        )
+    )
+    ckpt = torch.load(continued / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 5
+    assert ckpt["hyper_parameters"]["init_from"] == str(gpt2_dir)  # still on record
+    assert ckpt["hyper_parameters"]["model"]["n_embd"] == 16  # the fine-tuned architecture

@@ -30,6 +30,9 @@ class GPTLightningModule(L.LightningModule):
         compile: run the model through ``torch.compile`` (the state_dict keys do not change).
         init_from: a Hugging Face GPT-2 checkpoint (directory or hub name) whose weights the
             model starts from (fine-tuning); ``model`` must match its architecture.
+        load_init_weights: load ``init_from``'s weights now; False when the weights come from a
+            checkpoint of the fine-tuned run being continued (``init_from`` is then only
+            recorded, and need not exist any more). Not saved with the hyperparameters.
 
     ``model`` with ``backend: hf_gpt2`` (an :class:`HFGPT2Config`'s fields) trains Hugging Face's
     GPT2LMHeadModel instead of our GPT (see llm_scratch/train/hf_backend.py).
@@ -43,11 +46,12 @@ class GPTLightningModule(L.LightningModule):
         tokenizer: dict[str, Any] | None = None,
         compile: bool = False,
         init_from: str | None = None,
+        load_init_weights: bool = True,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["load_init_weights"])
         self.model_config, self.model = build_model(model)
-        if init_from:
+        if init_from and load_init_weights:
             load_initial_weights(self.model, init_from)
         self.optimizer_config = OptimizerConfig(**(optimizer or {}))
         self.scheduler_config = SchedulerConfig(**(scheduler or {}))

@@ -18,8 +18,10 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from llm_scratch.checkpoint import read_checkpoint
 from llm_scratch.data.corpora import load_corpus
 from llm_scratch.errors import UserError, exit_on_user_error, one_line
+from llm_scratch.model import GPTConfig
 from llm_scratch.train.callbacks import LineProgressBar
 from llm_scratch.train.checkpoints import resolve_ckpt_path
 from llm_scratch.train.config_tree import print_config_tree
@@ -148,7 +150,14 @@ def _train(
     datamodule = instantiate(cfg.data)
     tokenizer = datamodule.tokenizer
     _check_corpus_exists(datamodule)
-    model_config = _model_config(cfg, datamodule.vocab_size)
+    # A continued fine-tuning run takes its weights, and so its architecture, from its own
+    # checkpoint: the GPT-2 checkpoint it started from is neither needed nor loaded again.
+    saved = read_checkpoint(ckpt_path, mmap=True).get("hyper_parameters", {}) if ckpt_path else {}
+    init_from = cfg.get("init_from") or saved.get("init_from")
+    continues_finetune = bool(init_from and saved.get("model"))
+    model_config = _model_config(
+        cfg, datamodule.vocab_size, saved["model"] if continues_finetune else None
+    )
     optimizer = OmegaConf.to_container(cfg.optimizer, resolve=True)
     scheduler = OmegaConf.to_container(cfg.scheduler, resolve=True)
     OptimizerConfig(**optimizer)
@@ -167,7 +176,6 @@ def _train(
         atomic_write_text(written[-1], OmegaConf.to_yaml(job_cfg, resolve=True))
     written.append(output_dir / "tokenizer.json")
     tokenizer.save(written[-1])
-    init_from = cfg.get("init_from")
     module = GPTLightningModule(
         model=asdict(model_config),
         optimizer=optimizer,
@@ -175,6 +183,7 @@ def _train(
         tokenizer=tokenizer.to_dict(),
         compile=cfg.get("compile", False),
         init_from=init_from,
+        load_init_weights=not continues_finetune,
     )
     log.info(
         "model: %s parameters (%s), vocab %d, context %d",
@@ -203,11 +212,14 @@ def _train(
     return metrics
 
 
-def _model_config(cfg: DictConfig, vocab_size: int) -> Any:
-    """The model's config (a GPTConfig, or an HFGPT2Config for ``model=hf_gpt2``)."""
+def _model_config(cfg: DictConfig, vocab_size: int, finetuned: dict[str, Any] | None) -> Any:
+    """The model's config (a GPTConfig, or an HFGPT2Config for ``model=hf_gpt2``); for a
+    continued fine-tuning run, ``finetuned``: the one its checkpoint was trained with."""
     init_from = cfg.get("init_from")
     try:
-        if init_from:  # fine-tuning: the architecture is the GPT-2 checkpoint's
+        if finetuned is not None:
+            model_config = GPTConfig(**finetuned)
+        elif init_from:  # fine-tuning: the architecture is the GPT-2 checkpoint's
             model_config = init_from_model_config(
                 OmegaConf.to_container(cfg.model, resolve=True),
                 init_from,
@@ -216,7 +228,7 @@ def _model_config(cfg: DictConfig, vocab_size: int) -> Any:
             )
         else:
             model_config = instantiate(cfg.model, vocab_size=vocab_size)
-    except (ValueError, InstantiationException) as error:
+    except (TypeError, ValueError, InstantiationException) as error:
         cause = error.__cause__ if isinstance(error.__cause__, ValueError) else error
         raise UserError(f"Bad model configuration: {cause}") from error
     model_context = getattr(model_config, "context_length", None)
