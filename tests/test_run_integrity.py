@@ -4,6 +4,7 @@ continuation of a fine-tuned run."""
 from __future__ import annotations
 
 import csv
+import logging
 import shutil
 from pathlib import Path
 
@@ -126,3 +127,20 @@ def test_a_fine_tuned_run_continues_without_its_gpt2_checkpoint(tmp_path, give_i
     assert ckpt["global_step"] == 5
     assert ckpt["hyper_parameters"]["init_from"] == str(gpt2_dir)  # still on record
     assert ckpt["hyper_parameters"]["model"]["n_embd"] == 16  # the fine-tuned architecture
+
+
+# ----------------------------------------------------------------------------- no validation
+@pytest.mark.parametrize(
+    "overrides,warns",
+    [
+        (["trainer.max_steps=2"], True),  # the first validation is at the epoch's end (step 23)
+        (["trainer.max_steps=2", "trainer.val_check_interval=2"], False),
+        (["trainer.max_steps=2", "trainer.limit_val_batches=0"], False),  # asked for none
+    ],
+    ids=["warns", "validates-in-time", "validation-off"],
+)
+def test_max_steps_before_the_first_validation_warns(tmp_path, caplog, overrides, warns):
+    caplog.set_level(logging.WARNING, logger="llm_scratch.train.run")
+    train(compose_config([*TINY, *overrides], tmp_path))
+    warned = [r for r in caplog.records if "before its first validation" in r.getMessage()]
+    assert len(warned) == int(warns), caplog.text

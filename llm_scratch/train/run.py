@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import sys
 import time
@@ -61,6 +62,42 @@ def _build_callbacks(cfg: DictConfig) -> list[L.Callback]:
         else:
             callbacks.append(LineProgressBar(refresh_rate=cfg.trainer.get("log_every_n_steps", 10)))
     return callbacks
+
+
+class NoValidationWarning(L.Callback):
+    """Warns at the start of training when ``trainer.max_steps`` ends the run before its first
+    validation: such a run succeeds without a val/loss, a sample or a best checkpoint."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        first = steps_to_first_validation(trainer)
+        if trainer.global_step == 0 and first is not None and 0 < trainer.max_steps < first:
+            log.warning(
+                "trainer.max_steps=%d ends the run before its first validation (after %d steps): "
+                "it will log no val/loss, write no sample and save no best checkpoint; raise "
+                "trainer.max_steps or validate sooner with trainer.val_check_interval=<steps>.",
+                trainer.max_steps,
+                first,
+            )
+
+
+def steps_to_first_validation(trainer: L.Trainer) -> int | None:
+    """Optimizer steps before the first validation of a run started from scratch (Lightning's
+    schedule, known once the data is set up); None when no validation is planned or its time is
+    not counted in batches."""
+    if trainer.limit_val_batches == 0:
+        return None  # validation switched off
+    per_epoch = trainer.num_training_batches
+    every_n_epochs = trainer.check_val_every_n_epoch
+    interval = trainer.val_check_batch
+    if not isinstance(per_epoch, int) or interval is None:
+        return None  # an iterable dataset without a length, or validation by wall time
+    if every_n_epochs is None:  # every val_check_interval batches, across epochs
+        batches = int(interval)
+    elif interval == float("inf"):
+        batches = every_n_epochs * per_epoch
+    else:
+        batches = (every_n_epochs - 1) * per_epoch + min(int(interval), per_epoch)
+    return math.ceil(batches / trainer.accumulate_grad_batches)
 
 
 def _wandb_has_credentials() -> bool:
@@ -166,7 +203,10 @@ def _train(
         check_resume_checkpoint(ckpt_path, asdict(model_config), tokenizer.to_dict())
     loggers = _build_loggers(cfg)
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=_build_callbacks(cfg), logger=loggers, plugins=[AtomicCheckpointIO()]
+        cfg.trainer,
+        callbacks=[*_build_callbacks(cfg), NoValidationWarning()],
+        logger=loggers,
+        plugins=[AtomicCheckpointIO()],
     )
 
     if int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
