@@ -4,8 +4,11 @@ and stopped sweeps, damaged sweep files for the report, bad sampling requests.""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +57,91 @@ def test_uncreatable_output_dir_is_one_line(tmp_path, args, words):
     one_error_line(
         out, "Cannot create the output directory", *(w.format(blocker=blocker) for w in words)
     )
+
+
+# ----------------------------------------------------------------------------- sweeps
+def test_failed_sweep_job_is_one_line_and_its_output_is_kept(tmp_path):
+    sweep = tmp_path / "sweep"
+    # fails on the bad value before any training
+    out = run_cli(
+        "training/run_experiment.py",
+        "-m",
+        "model=gpt-nano",
+        "model.n_layer=abc",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr and "Error executing job" not in out.stderr, out.stderr
+    # the job's own error line, then the sweep's
+    child, last = out.stderr.strip().splitlines()[-2:]
+    assert child.startswith("error: Config key 'model.n_layer'"), out.stderr
+    assert last.startswith("error: Sweep job #0 (model=gpt-nano model.n_layer=abc)"), last
+    assert f"{sweep / '0' / 'job_output.log'}" in last and "1 of 1 job(s) failed" in last
+    assert child in (sweep / "0" / "job_output.log").read_text()
+    # the sweep directory in full, at the start and with the report command at the end
+    assert f"Sweep directory: {sweep}\n" in out.stdout, out.stdout
+    assert f"report: python training/report.py {sweep}" in out.stdout, out.stdout
+
+
+def test_gpu_parallel_sweep_without_gpus_is_one_line(tmp_path):
+    out = run_cli(
+        "training/run_experiment.py",
+        "-m",
+        "hydra/launcher=gpu_parallel",
+        "model=gpt-nano",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        env={"CUDA_VISIBLE_DEVICES": ""},
+    )
+    one_error_line(out, "devices_per_job=1 but only 0 GPU(s)", "devices_per_job=null")
+
+
+@pytest.mark.slow  # a sweep that trains until it is stopped
+def test_sigterm_to_a_sweep_stops_its_job_with_a_checkpoint(tmp_path):
+    sweep = tmp_path / "sweep"
+    environ = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "training/run_experiment.py",
+            "-m",
+            "model=gpt-nano",
+            "data.tokenizer=char",
+            "data.context_length=32",
+            "data.batch_size=8",
+            "trainer.accelerator=cpu",
+            "trainer.num_sanity_val_steps=0",
+            "trainer.enable_model_summary=false",
+            "trainer.max_steps=100000",
+            "+callbacks.throttle._target_=tests.reliability_helpers.Throttle",
+            "+callbacks.throttle.seconds=0.1",
+            "model.pre_norm=true,false",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=REPO,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    output = sweep / "0" / "job_output.log"
+    deadline = time.monotonic() + 120
+    # the job is training once it has printed its batches per epoch
+    while not (output.is_file() and "batches per epoch" in output.read_text()):
+        assert parent.poll() is None, parent.communicate()[1][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    # the job runs from a thread of the sweep: its children are listed under that thread
+    tasks = Path(f"/proc/{parent.pid}/task").glob("*/children")
+    children = [pid for task in tasks for pid in task.read_text().split()]
+    assert len(children) == 1, children
+    parent.send_signal(signal.SIGTERM)
+    _, err = parent.communicate(timeout=120)
+
+    assert parent.returncode == 143, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: Sweep stopped by SIGTERM"), err[-3000:]
+    assert f"ckpt_path={sweep / '0'}" in last and "#1 did not start" in last, last
+    assert not Path(f"/proc/{children[0]}").exists(), "the job outlived the sweep"
+    assert (sweep / "0" / "checkpoints" / "last.ckpt").is_file()
+    assert not (sweep / "1").exists()

@@ -135,7 +135,7 @@ def test_gpu_slots_give_each_parallel_job_its_own_devices():
         "2,3",
     ]
     assert SubprocessLauncher(parallel_jobs=3)._device_groups() == [None, None, None]
-    with pytest.raises(RuntimeError, match="devices_per_job=2 but only 1 GPU"):
+    with pytest.raises(UserError, match="devices_per_job=2 but only 1 GPU"):
         SubprocessLauncher(devices_per_job=2, devices=[0])._device_groups()
 
 
