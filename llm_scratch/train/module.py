@@ -146,6 +146,14 @@ class GPTLightningModule(L.LightningModule):
         if states is not None:
             set_rng_states(states)
             self._rng_states_to_restore = None
+        fit = self.trainer.fit_loop
+        progress = fit.epoch_progress.current
+        if fit.restarted_mid_epoch and progress.processed == progress.ready:
+            # Resumed after an epoch's last batch: Lightning has closed that epoch but would start
+            # the next one as if resumed inside it, without counting it ready or calling
+            # on_train_epoch_start, and a checkpoint of that epoch would then resume wrongly.
+            # A plain epoch start instead.
+            fit.reset_restart_stage()
         if self.trainer.world_size > 1:
             # Under DDP a resumed epoch restarts from its first batch, and the checkpoint holds
             # rank 0's sums only: start the epoch's mean afresh.
@@ -189,8 +197,8 @@ def reopen_epoch_stopped_by_max_steps(checkpoint: dict[str, Any], iteration_base
     if batches.get("is_last_batch"):
         if not iteration_based:
             return False  # Lightning resumes the finished epoch right without max_steps
-    elif not (after_epoch_end and epoch["completed"] == ready):
-        return False  # mid-epoch, yet not stopped by max_steps: a state Lightning resumes
+    elif not after_epoch_end:
+        return False  # mid-epoch, saved at validation: a state Lightning resumes
     for key in ("current", "total"):
         shift = epochs[key]["ready"] - 1 - epochs[key]["processed"]
         epochs[key]["processed"] += shift
