@@ -145,3 +145,37 @@ def test_sigterm_to_a_sweep_stops_its_job_with_a_checkpoint(tmp_path):
     assert not Path(f"/proc/{children[0]}").exists(), "the job outlived the sweep"
     assert (sweep / "0" / "checkpoints" / "last.ckpt").is_file()
     assert not (sweep / "1").exists()
+
+
+# ----------------------------------------------------------------------------- sweep reports
+def damaged_sweep(root: Path) -> Path:
+    """A one-job sweep directory whose job was killed while writing its last metrics row and
+    its last sample."""
+    job = root / "sweep" / "0"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("- model.pre_norm=false\n")
+    (job / "metrics.csv").write_text(
+        "epoch,step,train/loss,val/loss\n0,0,10.5,\n0,1,9.5,9.8\n0,2,9.4e"
+    )
+    (job / "samples.jsonl").write_text('{"step": 1, "text": "Every effort"}\n{"step": 2, "te')
+    return root / "sweep"
+
+
+def test_report_skips_damaged_rows_and_lines_with_a_warning(tmp_path, caplog):
+    from llm_scratch.report import collect_jobs
+
+    (job,), _ = collect_jobs(damaged_sweep(tmp_path))
+    assert job.train_curve == [(0, 10.5), (1, 9.5)] and job.val_curve == [(1, 9.8)]
+    assert job.sample == "Every effort"
+    warnings = [r.getMessage() for r in caplog.records]
+    assert any("1 damaged row(s)" in w and "metrics.csv" in w for w in warnings), warnings
+    assert any("1 damaged line(s)" in w and "samples.jsonl" in w for w in warnings), warnings
+
+
+def test_report_to_an_unwritable_out_is_one_line(tmp_path):
+    sweep = damaged_sweep(tmp_path)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    for out_dir in (blocker, blocker / "sub"):
+        out = run_cli("training/report.py", str(sweep), "--out", str(out_dir))
+        one_error_line(out, f"Cannot write the report to {out_dir}", "--out DIR")

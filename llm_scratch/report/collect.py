@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import yaml
 
 from llm_scratch.errors import UserError
 from llm_scratch.train.summary import read_summary
+
+log = logging.getLogger(__name__)
 
 # Overrides the launcher adds to every job; they say nothing about what the job varied.
 _INTERNAL_PREFIXES = ("hydra.",)
@@ -44,21 +47,42 @@ def _read_curves(metrics_csv: Path) -> tuple[list[tuple[int, float]], list[tuple
     train, val = [], []
     if not metrics_csv.is_file():
         return train, val
-    with metrics_csv.open(newline="") as f:
+    damaged = 0
+    with metrics_csv.open(newline="", encoding="utf-8", errors="replace") as f:
         for row in csv.DictReader(f):
-            step = int(row["step"])
-            if row.get("train/loss"):
-                train.append((step, float(row["train/loss"])))
-            if row.get("val/loss"):
-                val.append((step, float(row["val/loss"])))
+            try:
+                step = int(row["step"])
+                t = float(row["train/loss"]) if row.get("train/loss") else None
+                v = float(row["val/loss"]) if row.get("val/loss") else None
+            except (KeyError, TypeError, ValueError):  # a killed job can leave a partial row
+                damaged += 1
+                continue
+            if t is not None:
+                train.append((step, t))
+            if v is not None:
+                val.append((step, v))
+    _warn_damaged(metrics_csv, damaged, "row")
     return train, val
 
 
 def _read_last_sample(samples: Path) -> str | None:
     if not samples.is_file():
         return None
-    lines = [line for line in samples.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return json.loads(lines[-1])["text"] if lines else None
+    text, damaged = None, 0
+    for line in samples.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            text = str(json.loads(line)["text"])
+        except (ValueError, KeyError, TypeError):  # a killed job can leave a truncated line
+            damaged += 1
+    _warn_damaged(samples, damaged, "line")
+    return text
+
+
+def _warn_damaged(path: Path, count: int, what: str) -> None:
+    if count:
+        log.warning("warning: skipped %d damaged %s(s) in %s", count, what, path)
 
 
 def _read_job(job_dir: Path) -> JobResult:

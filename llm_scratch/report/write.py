@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
+from llm_scratch.errors import UserError  # noqa: E402
 from llm_scratch.report.collect import JobResult  # noqa: E402
 from llm_scratch.utils.io import atomic_write_bytes, atomic_write_text  # noqa: E402
 
@@ -108,7 +109,22 @@ def _samples(jobs: list[JobResult]) -> list[str]:
 def write_report(
     jobs: list[JobResult], shared: list[str], out_dir: Path, title: str = "Sweep report"
 ) -> Path:
-    """Write ``report.md``, ``train_loss.png`` and ``val_loss.png`` into ``out_dir``."""
+    """Write ``report.md``, ``train_loss.png`` and ``val_loss.png`` into ``out_dir``; a
+    :class:`UserError` when ``out_dir`` cannot be created or written."""
+    try:
+        return _write_report(jobs, shared, out_dir, title)
+    except OSError as error:
+        where = error.filename if error.filename is not None else out_dir
+        reason = error.strerror or str(error)
+        if isinstance(error, (FileExistsError, NotADirectoryError)):
+            reason = "a file is in the way of the directory"
+        raise UserError(
+            f"Cannot write the report to {out_dir} ({where}: {reason}); pass "
+            "a writable directory with --out DIR."
+        ) from error
+
+
+def _write_report(jobs: list[JobResult], shared: list[str], out_dir: Path, title: str) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = [f"# {title}", ""]
     if shared:
