@@ -278,3 +278,16 @@ def test_hf_backend_trains_through_the_entry_point_and_samples(tmp_path):
     model, tokenizer, _ = load_model(run_dir / "checkpoints" / "last.ckpt")
     assert isinstance(model, HFGPT2) and model.config.label_shift == "double"
     assert tokenizer.vocab_size == model.config.vocab_size == 65
+
+
+def test_init_from_warns_about_the_model_settings_it_ignores(tiny_gpt2_dir, caplog):
+    from llm_scratch.train.hf_backend import init_from_model_config
+
+    base = {"n_layer": 2, "n_head": 2, "n_embd": 32, "dropout": 0.0, "attention": "fused"}
+    with caplog.at_level("WARNING"):
+        config = init_from_model_config({**base, "qkv_bias": None}, str(tiny_gpt2_dir), 50257, 32)
+    assert config.attn_qkv_bias and "ignoring" not in caplog.text  # null: as GPT-2 has it
+    with caplog.at_level("WARNING"):
+        config = init_from_model_config({**base, "qkv_bias": False}, str(tiny_gpt2_dir), 50257, 32)
+    assert config.attn_qkv_bias  # GPT-2's q/k/v bias is kept ...
+    assert "ignoring model.qkv_bias=False" in caplog.text  # ... and the user is told

@@ -170,6 +170,9 @@ def init_from_model_config(
         for k in ("n_layer", "n_head", "n_embd", "bias", "pre_norm", "tie_weights")
         if k in model_cfg and model_cfg[k] != getattr(config, k)
     }
+    # qkv_bias=null means "as bias": only an explicit value that GPT-2 does not have is ignored
+    if model_cfg.get("qkv_bias") is not None and model_cfg["qkv_bias"] != config.attn_qkv_bias:
+        ignored["qkv_bias"] = model_cfg["qkv_bias"]
     if ignored:
         log.warning(
             "init_from=%s: the architecture is the checkpoint's; ignoring model.%s",
