@@ -30,6 +30,18 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"Checkpoint {path} does not exist: pass the path of a .ckpt file.")
     try:
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError as error:
+        raise UserError(f"Cannot read checkpoint {path}: {error.strerror}.") from error
+    # torch.save writes a zip archive (PK..), or a pickle (0x80..) in its legacy format; anything
+    # else (a text file, a log) is not a checkpoint at all (an empty file reads as truncated)
+    if head and not head.startswith((b"PK", b"\x80")):
+        raise UserError(
+            f"{path} is not a checkpoint (not a file written by torch.save): pass a .ckpt file "
+            "such as <run dir>/checkpoints/last.ckpt, or the run directory."
+        )
+    try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         raise UserError(

@@ -62,10 +62,38 @@ def _checkpoint_file(path: str) -> Path:
     return p
 
 
+def resolve_device(name: str) -> str:
+    """``auto`` as the GPU if there is one, else the CPU; a device this machine lacks or a name
+    torch does not know is a :class:`UserError`."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as error:
+        raise UserError(
+            f"device={name} is not a device torch knows: use cpu, cuda, cuda:<n>, mps or auto."
+        ) from error
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(
+                f"device={name} but this machine's torch sees no CUDA GPU: use device=cpu "
+                "(or device=auto)."
+            )
+        if device.index is not None and device.index >= count:
+            raise UserError(
+                f"device={name} but only {count} CUDA GPU(s) are visible (cuda:0 to "
+                f"cuda:{count - 1}): pick one of them."
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device={name} but MPS is not available here: use device=cpu.")
+    return name
+
+
 def generate_samples(cfg: SampleConfig) -> list[str]:
-    device = cfg.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(cfg.device)
+    if cfg.num_samples < 1:  # before loading the checkpoint: a quick answer
+        raise UserError(f"num_samples={cfg.num_samples}: ask for at least 1 sample.")
     model, tokenizer, _ = load_model(_checkpoint_file(cfg.ckpt_path), device=device)
     prompt = cfg.prompt
     if cfg.prompt_file:
@@ -103,6 +131,8 @@ def sample_texts(
 
     Used by ``training/sample.py`` and by the training's sample callback.
     """
+    if num_samples < 1:
+        raise UserError(f"num_samples={num_samples}: ask for at least 1 sample.")
     ids = tokenizer.encode(prompt)
     if not ids:
         raise UserError("The prompt is empty after tokenization: give at least one character.")

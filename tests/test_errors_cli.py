@@ -179,3 +179,48 @@ def test_report_to_an_unwritable_out_is_one_line(tmp_path):
     for out_dir in (blocker, blocker / "sub"):
         out = run_cli("training/report.py", str(sweep), "--out", str(out_dir))
         one_error_line(out, f"Cannot write the report to {out_dir}", "--out DIR")
+
+
+# ----------------------------------------------------------------------------- sampling
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["device=gpu"], "device=gpu is not a device torch knows: use cpu, cuda"),
+        (["num_samples=0"], "num_samples=0: ask for at least 1 sample"),
+        (["num_samples=-2"], "num_samples=-2: ask for at least 1 sample"),
+    ],
+)
+def test_sample_bad_device_or_count_is_one_line(tmp_path, capsys, args, match):
+    from llm_scratch import sample
+    from tests.test_reliability import char_checkpoint
+
+    ckpt = char_checkpoint(tmp_path / "char.ckpt")
+    assert sample.main([f"ckpt_path={ckpt}", "prompt=hello", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and match in err, err
+
+
+def test_sample_on_cuda_without_a_gpu_is_one_line(tmp_path, capsys, monkeypatch):
+    import torch
+
+    from llm_scratch import sample
+    from tests.test_reliability import char_checkpoint
+
+    ckpt = char_checkpoint(tmp_path / "char.ckpt")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    for device in ("cuda", "cuda:1"):
+        assert sample.main([f"ckpt_path={ckpt}", "prompt=hello", f"device={device}"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"device={device} but" in err and "device=cpu" in err
+
+
+def test_sample_from_a_file_that_is_no_checkpoint_says_so(tmp_path, capsys):
+    from llm_scratch import sample
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello, these are my notes\n")
+    assert sample.main([f"ckpt_path={notes}", "prompt=hello"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{notes} is not a checkpoint" in err, err
+    assert "refused" not in err
