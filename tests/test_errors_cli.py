@@ -224,3 +224,19 @@ def test_sample_from_a_file_that_is_no_checkpoint_says_so(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{notes} is not a checkpoint" in err, err
     assert "refused" not in err
+
+
+# ----------------------------------------------------------------------------- sweep without -m
+@pytest.mark.parametrize("in_sweep", [False, True], ids=["single_run", "sweep_job"])
+def test_a_sweep_started_without_m_warns(tmp_path, in_sweep):
+    env = {"LLM_SCRATCH_SWEEP_ID": "train-x"} if in_sweep else {}
+    # a missing data file ends the run right after the warning
+    overrides = ["experiment=ablation_norm_cpu", "data=text", f"data.path={tmp_path / 'no.txt'}"]
+    out = run_cli(
+        "training/run_experiment.py", *overrides, f"hydra.run.dir={tmp_path / 'run'}", env=env
+    )
+    one_error_line(out, "no.txt")
+    warned = "defines a sweep over model.pre_norm" in out.stdout + out.stderr
+    assert warned != in_sweep, out.stdout  # a sweep's own jobs are single runs: no warning
+    if not in_sweep:
+        assert f"python training/run_experiment.py -m {' '.join(overrides)}" in out.stdout

@@ -6,19 +6,44 @@ Examples:
     python training/run_experiment.py -m model.pre_norm=true,false   # a sweep
 """
 
+import logging
+import os
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from hydra_plugins.llm_scratch_launcher.subprocess_launcher import SWEEP_ID_ENV
 from llm_scratch.errors import one_line_hydra_errors
 from llm_scratch.train.run import train_or_exit
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 
+log = logging.getLogger(__name__)
+
+
+def warn_if_sweep_without_multirun() -> None:
+    """An experiment or ablation that defines a sweep, started without ``-m``, trains one job
+    with the base values: say so, and how to run the sweep."""
+    hydra_cfg = HydraConfig.get()
+    params = hydra_cfg.sweeper.get("params") or {}
+    # the sweep launcher's jobs are single runs too; it sets SWEEP_ID_ENV for them
+    if hydra_cfg.mode != RunMode.RUN or not params or os.environ.get(SWEEP_ID_ENV):
+        return
+    given = " ".join(hydra_cfg.overrides.task)
+    log.warning(
+        "This config defines a sweep over %s, but without -m only one run with the base values "
+        "trains; to run the sweep: python training/run_experiment.py -m %s",
+        ", ".join(params),
+        given,
+    )
+
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    warn_if_sweep_without_multirun()
     metrics = train_or_exit(cfg)
     # Returned for Hydra sweepers that optimise a value (e.g. Optuna).
     return metrics.get("val/loss")
