@@ -307,11 +307,16 @@ class _Stop:
 
 def _copy(pipe: BinaryIO, console: TextIO, out: BinaryIO, lock: threading.Lock) -> None:
     """Copy ``pipe`` to the console stream and to ``out`` as it comes."""
+    raw = getattr(console, "buffer", None)  # None when the stream was replaced by a text one
     while chunk := os.read(pipe.fileno(), 65536):
         with lock:
             console.flush()
-            console.buffer.write(chunk)
-            console.buffer.flush()
+            if raw is not None:
+                raw.write(chunk)
+                raw.flush()
+            else:
+                console.write(chunk.decode(errors="replace"))
+                console.flush()
             out.write(chunk)
             out.flush()
     pipe.close()
