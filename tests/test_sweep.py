@@ -183,6 +183,9 @@ def test_slurm_launcher_config_composes(tmp_path):
     )
     assert "submitit" in cfg.hydra.launcher._target_
     assert cfg.hydra.launcher.tasks_per_node == 4 and cfg.hydra.launcher.nodes == 2
+    # each SLURM job names its sweep for W&B's group, as the subprocess launcher does
+    setup = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)["setup"]
+    assert setup == [f'export LLM_SCRATCH_SWEEP_ID="train-$(basename "{cfg.hydra.sweep.dir}")"']
 
 
 def test_norm_sweep_varies_warmup_on_any_base_and_two_warmups_are_refused(tmp_path):
