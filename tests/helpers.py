@@ -1,7 +1,11 @@
-"""Shared test helpers: the config composed the way the entry point composes it."""
+"""Shared test helpers: the config composed the way the entry point composes it, and the entry
+points run as a user runs them."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from llm_scratch.train.compose import CONFIG_DIR as _CONFIG_DIR
@@ -10,7 +14,7 @@ from llm_scratch.train.compose import compose_config
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(_CONFIG_DIR)
 
-__all__ = ["CONFIG_DIR", "FAST", "REPO", "compose_config"]
+__all__ = ["CONFIG_DIR", "FAST", "REPO", "compose_config", "run_cli"]
 
 # Small and quick: a 3-layer, 48-wide model, few steps, no sanity validation.
 FAST = [
@@ -20,3 +24,16 @@ FAST = [
     "trainer.enable_model_summary=false",
     "trainer.log_every_n_steps=1",
 ]
+
+
+def run_cli(script: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a script of the repository (e.g. training/run_experiment.py) in a fresh process."""
+    environ = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", **(env or {}))
+    return subprocess.run(
+        [sys.executable, script, *args],
+        cwd=REPO,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )

@@ -12,19 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO
-
-
-def run_cli(script: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    environ = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", **(env or {}))
-    return subprocess.run(
-        [sys.executable, script, *args],
-        cwd=REPO,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+from tests.helpers import REPO, run_cli
 
 
 def one_error_line(out: subprocess.CompletedProcess, *words: str, code: int = 2) -> str:

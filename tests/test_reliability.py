@@ -8,7 +8,6 @@ import errno
 import os
 import re
 import subprocess
-import sys
 import urllib.error
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -32,7 +31,7 @@ from llm_scratch.train.reliability import (
 from llm_scratch.train.run import train
 from llm_scratch.utils import io as io_utils
 from llm_scratch.utils.io import atomic_write_text
-from tests.helpers import CONFIG_DIR, FAST, REPO, compose_config
+from tests.helpers import CONFIG_DIR, FAST, compose_config, run_cli
 from tests.reliability_helpers import Malicious
 
 # A short char-level run on The Verdict: 23 batches of 24 windows of 32 characters per epoch.
@@ -44,18 +43,6 @@ TINY = [
     "data.batch_size=24",
     "trainer.limit_val_batches=2",
 ]
-
-
-def run_cli(script: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    environ = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", **(env or {}))
-    return subprocess.run(
-        [sys.executable, script, *args],
-        cwd=REPO,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def assert_one_line_error(out: subprocess.CompletedProcess, *words: str) -> str:
