@@ -108,8 +108,9 @@ def one_line_hydra_errors() -> Iterator[None]:
     """Make Hydra report a bad override or config group (``model.pre_normm=1``, ``model=typo``), an
     output directory it cannot create (``hydra.run.dir=/proc/x``) and a :class:`UserError` from
     the sweep launcher as one ``error:`` line with exit status 2 (143 for a stopped sweep), like
-    the package's own errors, instead of its multi-line report with exit status 1. ``HYDRA_FULL_ERROR=1`` or ``LLM_SCRATCH_TRACEBACK=1``
-    keep Hydra's full report. Any other exception is left to Hydra's own reporting.
+    the package's own errors, instead of its multi-line report with exit status 1.
+    ``HYDRA_FULL_ERROR=1`` or ``LLM_SCRATCH_TRACEBACK=1`` keep Hydra's full report. Any other
+    exception is left to Hydra's own reporting.
     """
     try:
         import hydra._internal.utils as hydra_utils

@@ -42,9 +42,10 @@ class LMDataModule(L.LightningDataModule):
     ``1 - val_fraction`` for training, the rest for validation.
 
     ``sampling="sliding"`` trains on windows at ``stride`` (default ``context_length``), exact
-    epochs; ``sampling="random"`` trains on ``samples_per_epoch`` windows at random offsets, drawn afresh
-    each epoch (nanoGPT style; default: as many windows as a non-overlapping pass). Validation always uses
-    non-overlapping windows in order, so it is deterministic and comparable between settings.
+    epochs; ``sampling="random"`` trains on ``samples_per_epoch`` windows at random offsets,
+    drawn afresh each epoch (nanoGPT style; default: as many windows as a non-overlapping pass).
+    Validation always uses non-overlapping windows in order, so it is deterministic and
+    comparable between settings.
 
     ``vocab_size`` (and ``tokenizer``) can be read before the Trainer runs; for the char tokenizer
     that loads the corpus text (downloading a named corpus if needed).
