@@ -351,6 +351,6 @@ def _on(gpus: str | None) -> str:
 
 def _val_loss(job_dir: Path) -> float | None:
     # imported here: Hydra imports every plugin at start-up, and this pulls in Lightning
-    from llm_scratch.train.summary import read_summary
+    from llm_scratch.summary import read_summary
 
     return read_summary(job_dir).get("metrics", {}).get("val/loss")

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from llm_scratch.errors import UserError
-from llm_scratch.train.summary import read_summary
+from llm_scratch.summary import read_summary
 
 log = logging.getLogger(__name__)
 

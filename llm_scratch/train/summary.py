@@ -1,45 +1,15 @@
-"""``summary.json``: the figures of one finished run that a sweep report tabulates."""
+"""The run's ``summary.json`` from a finished Trainer (the file's format: llm_scratch/summary.py)."""
 
 from __future__ import annotations
 
-import json
-import resource
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 
-from llm_scratch.errors import UserError
+from llm_scratch.summary import peak_memory_mb, write_summary
 from llm_scratch.train.callbacks import ThroughputLogger
-from llm_scratch.utils.io import atomic_write_text
-
-SUMMARY_FILE = "summary.json"
-
-
-def read_summary(run_dir: Path) -> dict[str, Any]:
-    """The ``summary.json`` of the run in ``run_dir``; empty when the run wrote none."""
-    path = Path(run_dir) / SUMMARY_FILE
-    if not path.is_file():
-        return {}
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UserError(f"Cannot read the run summary {path}: {error}") from error
-    if not isinstance(summary, dict):
-        raise UserError(f"Cannot read the run summary {path}: not a JSON object")
-    return summary
-
-
-def peak_memory_mb(device: torch.device) -> tuple[float, str]:
-    """Peak memory of this process: allocated on a CUDA device, else the peak resident set."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # kilobytes on Linux, bytes on macOS
-    return (rss / 2**20 if sys.platform == "darwin" else rss / 2**10), "cpu_peak_rss"
 
 
 def write_run_summary(
@@ -65,5 +35,5 @@ def write_run_summary(
         "world_size": trainer.world_size,
         "precision": str(trainer.precision),
     }
-    atomic_write_text(output_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
+    write_summary(output_dir, summary)
     return summary
