@@ -16,7 +16,7 @@ from torch import nn
 
 from llm_scratch.data.tokenizers import Tokenizer, tokenizer_from_dict
 from llm_scratch.errors import UserError
-from llm_scratch.model_factory import build_model
+from llm_scratch.model.factory import build_model
 
 MODEL_PREFIX = "model."
 

@@ -120,7 +120,7 @@ def test_gpt2_weights_load_into_a_model_with_qkv_bias_true_but_not_false(tiny_gp
 
 def hf_backend_and_twin(label_shift: str):
     """An HF-backend model and our GPT with the same weights."""
-    from llm_scratch.train.hf_backend import HFGPT2, HFGPT2Config
+    from llm_scratch.model.hf_backend import HFGPT2, HFGPT2Config
 
     torch.manual_seed(0)
     config = HFGPT2Config(
@@ -252,7 +252,7 @@ def test_init_from_refuses_a_vocabulary_or_context_it_cannot_use(tiny_gpt2_dir, 
 
 def test_hf_backend_trains_through_the_entry_point_and_samples(tmp_path):
     from llm_scratch.checkpoint import load_model
-    from llm_scratch.train.hf_backend import HFGPT2
+    from llm_scratch.model.hf_backend import HFGPT2
 
     run_dir = tmp_path / "run"
     overrides = [
@@ -281,7 +281,7 @@ def test_hf_backend_trains_through_the_entry_point_and_samples(tmp_path):
 
 
 def test_init_from_warns_about_the_model_settings_it_ignores(tiny_gpt2_dir, caplog):
-    from llm_scratch.train.hf_backend import init_from_model_config
+    from llm_scratch.model.pretrained import init_from_model_config
 
     base = {"n_layer": 2, "n_head": 2, "n_embd": 32, "dropout": 0.0, "attention": "fused"}
     with caplog.at_level("WARNING"):

@@ -6,7 +6,7 @@ checked) for ``--new-tokens`` tokens after a ``--prompt-len`` token prompt. Two 
 - *within context*: ``context_length >= prompt + new tokens``, so the cache is used throughout;
 - *past context*: a context shorter than that. Positions are learned and absolute, so once the
   window slides every cached key is at the wrong position, and generate re-runs the whole
-  cropped window each step (see ``GPT._generate``): past the context length the cache saves
+  cropped window each step (see ``LanguageModel._sample_loop`` in llm_scratch/model/base.py): past the context length the cache saves
   nothing, and this row shows it.
 
 Cached and uncached runs are interleaved, ``repeats`` each, and the medians reported.

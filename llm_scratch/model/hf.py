@@ -1,4 +1,7 @@
-"""Hugging Face GPT-2 interop: build a GPT from a GPT-2 checkpoint, and write a GPT as one.
+"""Hugging Face GPT-2 interop: GPT-2 weights into our GPT, and our GPT as a GPT-2 checkpoint.
+
+The conversion works on configs and state dicts; ``GPT.from_hf`` and ``GPT.save_hf`` (in gpt.py)
+are the front door, so this module never needs the GPT class itself.
 
 ``transformers`` is optional (``pip install -e ".[hf]"``); it is imported only inside the
 functions that need it, so the rest of the package works without it.
@@ -23,10 +26,9 @@ import os
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from llm_scratch.model.config import GPTConfig
-from llm_scratch.model.gpt import GPT
 
 # GPT-2's Conv1D weights, stored (in, out): transposed to and from nn.Linear's (out, in).
 CONV1D_SUFFIXES = (
@@ -163,8 +165,8 @@ def _hf_model(source: Any):
         raise ValueError(_cannot_load(source, error)) from error
 
 
-def load_hf_weights(model: GPT, source: Any) -> GPT:
-    """Copy the weights of the GPT-2 checkpoint ``source`` into ``model``, in place.
+def load_hf_weights(model: nn.Module, source: Any) -> nn.Module:
+    """Copy the weights of the GPT-2 checkpoint ``source`` into ``model`` (our GPT), in place.
 
     ``model``'s config must be what :func:`gpt_config_from_hf` gives for the checkpoint (its
     dropout, attention and a context up to n_positions are free); otherwise ``ValueError``.
@@ -186,14 +188,12 @@ def load_hf_weights(model: GPT, source: Any) -> GPT:
     return model
 
 
-def from_hf(source: Any, **overrides: Any) -> GPT:
-    """Our GPT with the weights of a Hugging Face GPT-2 checkpoint (see :func:`load_hf_config`
-    for ``source``; ``overrides``: dropout, attention, layer_init, context_length)."""
+def hf_weights(source: Any, **overrides: Any) -> tuple[GPTConfig, dict[str, Tensor]]:
+    """The GPTConfig and our state_dict for the GPT-2 checkpoint ``source`` (see
+    :func:`load_hf_config`; ``overrides``: dropout, attention, layer_init, context_length)."""
     hf_model = _hf_model(source)
     config = gpt_config_from_hf(hf_model.config, **overrides)
-    model = GPT(config)
-    model.load_state_dict(state_dict_from_hf(hf_model.state_dict(), config), strict=True)
-    return model
+    return config, state_dict_from_hf(hf_model.state_dict(), config)
 
 
 def hf_config_from_gpt(config: GPTConfig):
@@ -254,8 +254,9 @@ def gpt2_config(
     )
 
 
-def to_hf(model: GPT):
-    """A ``transformers.GPT2LMHeadModel`` with ``model``'s weights (float32, eval mode)."""
+def to_hf(model: nn.Module):
+    """A ``transformers.GPT2LMHeadModel`` with the weights of ``model`` (our GPT; float32, eval
+    mode)."""
     transformers = require_transformers()
     hf_model = transformers.GPT2LMHeadModel(hf_config_from_gpt(model.config))
     state = {}
@@ -270,7 +271,7 @@ def to_hf(model: GPT):
     return hf_model.eval()
 
 
-def save_hf(model: GPT, directory: str | os.PathLike) -> None:
+def save_hf(model: nn.Module, directory: str | os.PathLike) -> None:
     """Write ``model`` as a Hugging Face GPT-2 directory (config.json, model.safetensors) that
     ``GPT2LMHeadModel.from_pretrained(directory)`` loads with the same logits."""
     to_hf(model).save_pretrained(os.fspath(directory))

@@ -10,8 +10,8 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from llm_scratch.model import GPTConfig
-from llm_scratch.model_factory import build_model
-from llm_scratch.train.hf_backend import load_initial_weights
+from llm_scratch.model.factory import build_model
+from llm_scratch.model.pretrained import load_initial_weights
 from llm_scratch.train.metrics import TokenWeightedMean
 from llm_scratch.train.optim import OptimizerConfig, SchedulerConfig, build_adamw, lr_multiplier
 from llm_scratch.train.reliability import get_rng_states, set_rng_states
@@ -35,7 +35,7 @@ class GPTLightningModule(L.LightningModule):
             recorded, and need not exist any more). Not saved with the hyperparameters.
 
     ``model`` with ``backend: hf_gpt2`` (an :class:`HFGPT2Config`'s fields) trains Hugging Face's
-    GPT2LMHeadModel instead of our GPT (see llm_scratch/train/hf_backend.py).
+    GPT2LMHeadModel instead of our GPT (see llm_scratch/model/hf_backend.py).
     """
 
     def __init__(

@@ -23,10 +23,10 @@ from llm_scratch.checkpoint import read_checkpoint
 from llm_scratch.data.corpora import load_corpus
 from llm_scratch.errors import UserError, exit_on_user_error, one_line
 from llm_scratch.model import GPTConfig
+from llm_scratch.model.pretrained import init_from_model_config
 from llm_scratch.train.callbacks import LineProgressBar
 from llm_scratch.train.checkpoints import resolve_ckpt_path
 from llm_scratch.train.config_tree import print_config_tree
-from llm_scratch.train.hf_backend import init_from_model_config
 from llm_scratch.train.module import GPTLightningModule
 from llm_scratch.train.optim import OptimizerConfig, SchedulerConfig
 from llm_scratch.train.reliability import (

@@ -9,30 +9,23 @@ never disagree about what a dict means.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import torch.nn as nn
-
-from llm_scratch.model import GPT, GPTConfig
-
-if TYPE_CHECKING:
-    from llm_scratch.train.hf_backend import HFGPT2Config
-
-# The value of ``backend`` in an HFGPT2Config's dict; our GPT's dict has no ``backend`` key.
-HF_BACKEND = "hf_gpt2"
+from llm_scratch.model.base import LanguageModel
+from llm_scratch.model.config import GPTConfig
+from llm_scratch.model.gpt import GPT
+from llm_scratch.model.hf_backend import HF_BACKEND, HFGPT2, HFGPT2Config
 
 
-def build_model(model: dict[str, Any]) -> tuple[GPTConfig | HFGPT2Config, nn.Module]:
+def build_model(model: dict[str, Any]) -> tuple[GPTConfig | HFGPT2Config, LanguageModel]:
     """(config, freshly initialised model) for the model dict ``model``.
 
     ``backend: hf_gpt2`` gives an ``HFGPT2Config`` and the ``HFGPT2`` adapter around Hugging
-    Face's GPT2LMHeadModel; any other dict a :class:`GPTConfig` and our :class:`GPT`. A field
-    a config refuses raises its ``ValueError`` (an unknown field a ``TypeError``).
+    Face's GPT2LMHeadModel (transformers is needed then, and imported only then); any other dict
+    a :class:`GPTConfig` and our :class:`GPT`. A field a config refuses raises its
+    ``ValueError`` (an unknown field a ``TypeError``).
     """
     if model.get("backend") == HF_BACKEND:
-        # Imported only here: the HF backend needs transformers (an optional extra) and Lightning.
-        from llm_scratch.train.hf_backend import HFGPT2, HFGPT2Config
-
         hf_config = HFGPT2Config(**model)
         return hf_config, HFGPT2(hf_config)
     config = GPTConfig(**model)

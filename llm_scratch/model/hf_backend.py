@@ -1,0 +1,114 @@
+"""Hugging Face GPT-2 as a model of ours: ``model=hf_gpt2`` trains ``GPT2LMHeadModel``.
+
+It trains ``transformers.GPT2LMHeadModel``, built from scratch from a
+``GPT2Config``, through the same data, LightningModule, trainer and callbacks as our GPT: the
+:class:`HFGPT2` adapter gives it our model's interface (``forward(idx, targets) -> (logits,
+loss)``, ``generate``, ``num_params``, ``flops_per_token``, ``optimizer_param_groups``).
+
+Labels. The data gives ``(x, y)`` with ``y`` = ``x`` shifted left by one token, while
+``GPT2LMHeadModel(input_ids, labels=...)`` shifts its labels itself. ``label_shift="single"``
+(the correct way) feeds ``input_ids=x`` only and takes the cross-entropy of the logits against
+``y`` here, over all T positions: exactly our GPT's loss (with ``labels=x`` HF would shift once
+and score only T-1 positions). ``label_shift="double"`` reproduces the common mistake of passing
+the already shifted ``y`` as ``labels``: HF shifts again, and the model learns to predict the
+token two ahead (over T-1 positions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from llm_scratch.model.base import LanguageModel
+from llm_scratch.model.config import GPTConfig
+from llm_scratch.model.hf import gpt2_config, require_transformers
+
+# The value of ``backend`` in an HFGPT2Config's dict; our GPT's dict has no ``backend`` key.
+HF_BACKEND = "hf_gpt2"
+LABEL_SHIFTS = ("single", "double")
+_GPT_FIELDS = {f.name for f in fields(GPTConfig)}
+
+
+@dataclass
+class HFGPT2Config:
+    """A ``transformers.GPT2Config`` in our field names (pre-norm, biases, gelu_new, as GPT-2).
+
+    ``backend`` marks the dict in checkpoints' hyperparameters; it is not set by hand.
+    """
+
+    vocab_size: int = 50257
+    context_length: int = 1024  # GPT-2's n_positions
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.1  # resid_pdrop, embd_pdrop and attn_pdrop
+    tie_weights: bool = True  # tie_word_embeddings
+    label_shift: str = "single"  # "single": labels handled correctly; "double": shifted twice
+    backend: str = HF_BACKEND
+
+    def __post_init__(self) -> None:
+        try:  # the shared fields obey GPTConfig's rules
+            GPTConfig(**{k: v for k, v in self.__dict__.items() if k in _GPT_FIELDS})
+        except ValueError as error:
+            raise ValueError(str(error).replace("GPTConfig.", "HFGPT2Config.")) from None
+        if self.label_shift not in LABEL_SHIFTS:
+            raise ValueError(
+                f"HFGPT2Config.label_shift={self.label_shift!r} is not a known choice: use "
+                f"'single' (correct) or 'double' (the double-shift mistake)"
+            )
+        if self.backend != HF_BACKEND:
+            raise ValueError(f"HFGPT2Config.backend={self.backend!r} must be {HF_BACKEND!r}")
+
+    def to_hf(self):
+        return gpt2_config(
+            vocab_size=self.vocab_size,
+            context_length=self.context_length,
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+            n_embd=self.n_embd,
+            dropout=self.dropout,
+            tie_weights=self.tie_weights,
+            use_cache=False,
+        )
+
+
+class HFGPT2(LanguageModel):
+    """``transformers.GPT2LMHeadModel`` (in ``self.hf``) behind our models' interface (base.py);
+    it has no KV cache of ours, so generation re-runs the window for each token."""
+
+    supports_kv_cache = False
+
+    def __init__(self, config: HFGPT2Config) -> None:
+        super().__init__()
+        transformers = require_transformers()
+        self.config = config
+        self.hf = transformers.GPT2LMHeadModel(config.to_hf())  # GPT-2's own initialisation
+
+    def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        if self.config.label_shift == "double" and targets is not None:
+            # The mistake: targets are already x shifted by one, and HF shifts them again, so
+            # logits[:, t] is scored against x[:, t + 2].
+            out = self.hf(input_ids=idx, labels=targets, use_cache=False)
+            return out.logits, out.loss
+        logits = self.hf(input_ids=idx, use_cache=False).logits
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(
+                logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100
+            )
+        return logits, loss
+
+    def hidden_states(self, idx: Tensor, kv_cache: None = None) -> Tensor:
+        """The final hidden states (after ln_f), as :meth:`GPT.hidden_states`."""
+        return self.hf.transformer(input_ids=idx, use_cache=False).last_hidden_state
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.hf.lm_head
+
+    @property
+    def position_embedding(self) -> nn.Embedding:
+        return self.hf.transformer.wpe
