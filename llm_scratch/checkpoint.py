@@ -1,15 +1,26 @@
-"""Load a trained GPT and its tokenizer from a Lightning checkpoint, without Lightning.
+"""Our checkpoint files, without Lightning: which file a run directory means, reading one safely,
+checking that it can continue a run, and loading its model and tokenizer for sampling.
 
 Checkpoints are read with ``torch.load(weights_only=True)``: only tensors and plain containers
 are unpickled, so a file carrying a malicious pickle payload is refused before its code runs.
+
+Which checkpoint a run directory means depends on what it is for:
+
+- continuing training (``ckpt_path=``): ``checkpoints/last.ckpt``, the latest state;
+- sampling and fine-tuning from it (``sample.py``): the best checkpoint, the lowest validation
+  loss among ``checkpoints/best-*.ckpt``, else ``last.ckpt`` (a run that never validated).
+
+Both accept a ``.ckpt`` file, a run directory, or ``last``: the most recent run under the log
+directory that saved a ``last.ckpt``.
 """
 
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -19,6 +30,54 @@ from llm_scratch.errors import UserError
 from llm_scratch.model.factory import build_model
 
 MODEL_PREFIX = "model."
+LAST = "last.ckpt"
+# ModelCheckpoint's filename in configs/callbacks/default.yaml: best-step000090-val6.6123.ckpt
+_BEST = re.compile(r"^best-step(?P<step>\d+)-val(?P<val>[-+0-9.eE]+|nan|inf)\.ckpt$")
+
+
+def best_checkpoint(run_dir: Path) -> Path | None:
+    """The ``best-*.ckpt`` of ``run_dir`` with the lowest validation loss (with save_top_k > 1
+    there are several), the later step on a tie; None when there is none."""
+    ranked = []
+    for path in (run_dir / "checkpoints").glob("best-*.ckpt"):
+        match = _BEST.match(path.name)
+        if match is not None:
+            ranked.append((float(match["val"]), -int(match["step"]), path))
+    return min(ranked)[2] if ranked else None
+
+
+def resolve_checkpoint(
+    spec: str, purpose: Literal["resume", "sample"], log_dir: str | Path = "outputs"
+) -> Path:
+    """The checkpoint file that ``spec`` (a ``.ckpt`` file, a run directory or ``last``) means
+    for ``purpose``, as the module docstring says; a :class:`UserError` when there is none."""
+    if spec == "last":
+        runs = sorted(Path(log_dir).glob(f"**/checkpoints/{LAST}"), key=lambda p: p.stat().st_mtime)
+        if not runs:
+            raise UserError(
+                f"ckpt_path=last: no run under {log_dir} has a checkpoints/{LAST}. "
+                "Pass the checkpoint file or the run directory instead."
+            )
+        run_dir = runs[-1].parent.parent
+        if purpose == "resume":
+            return runs[-1]
+        return best_checkpoint(run_dir) or runs[-1]
+    path = Path(spec)
+    if path.is_dir():
+        last = path / "checkpoints" / LAST
+        found = best_checkpoint(path) if purpose == "sample" else None
+        found = found or (last if last.is_file() else None)
+        if found is None:
+            raise UserError(
+                f"ckpt_path={spec} is a directory without checkpoints/{LAST}. "
+                "Pass a .ckpt file or a run directory that saved one."
+            )
+        return found
+    if not path.is_file():
+        raise UserError(
+            f"ckpt_path={spec} does not exist. Pass a .ckpt file, a run directory, or 'last'."
+        )
+    return path
 
 
 def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
@@ -63,6 +122,41 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
             "in its hyper_parameters)."
         )
     return checkpoint
+
+
+def check_resume_checkpoint(
+    path: str | Path, model: dict[str, Any], tokenizer: dict[str, Any]
+) -> dict[str, Any]:
+    """Refuse, with one line, a checkpoint that cannot continue this run: unreadable, unsafe
+    (anything but tensors and plain values), of another model configuration, or of another
+    tokenizer. Lightning would otherwise fail later with a page-long ``load_state_dict`` error.
+    """
+    checkpoint = read_checkpoint(path, mmap=True)
+    hparams = checkpoint["hyper_parameters"]
+    if hparams["tokenizer"] != tokenizer:
+        raise UserError(
+            f"Checkpoint {path} was trained with another tokenizer "
+            f"({_describe_tokenizer(hparams['tokenizer'])}) than this run's data gives "
+            f"({_describe_tokenizer(tokenizer)}); resume with the same data settings "
+            "(data=..., data.tokenizer=...) as the run that saved it."
+        )
+    saved = hparams["model"]
+    differ = [k for k in sorted(set(saved) | set(model)) if saved.get(k) != model.get(k)]
+    if differ:
+        shown = ", ".join(
+            f"model.{k}={saved.get(k)!r} there but {model.get(k)!r} here" for k in differ
+        )
+        raise UserError(
+            f"Checkpoint {path} belongs to another model configuration ({shown}); resume with "
+            "the model settings it was trained with, or start a new run without ckpt_path."
+        )
+    return checkpoint
+
+
+def _describe_tokenizer(d: dict[str, Any]) -> str:
+    if d.get("type") == "char":
+        return f"char, {len(d.get('chars', []))} characters"
+    return f"{d.get('type')} {d.get('encoding', '')}".strip()
 
 
 def load_model(

@@ -29,6 +29,10 @@ class Preempted(UserError):
     exit_code = 143
 
 
+class NonFiniteLossError(UserError):
+    """The training loss became NaN or infinite."""
+
+
 def show_traceback() -> bool:
     return os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
 
@@ -101,57 +105,3 @@ def one_line(text: str) -> str:
             parts.append(line)
             listing = line.endswith(":")
     return "; ".join(p.rstrip(".") for p in parts) + "."
-
-
-@contextlib.contextmanager
-def one_line_hydra_errors() -> Iterator[None]:
-    """Make Hydra report a bad override or config group (``model.pre_normm=1``, ``model=typo``), an
-    output directory it cannot create (``hydra.run.dir=/proc/x``) and a :class:`UserError` from
-    the sweep launcher as one ``error:`` line with exit status 2 (143 for a stopped sweep), like
-    the package's own errors, instead of its multi-line report with exit status 1.
-    ``HYDRA_FULL_ERROR=1`` or ``LLM_SCRATCH_TRACEBACK=1`` keep Hydra's full report. Any other
-    exception is left to Hydra's own reporting.
-    """
-    try:
-        import hydra._internal.utils as hydra_utils
-        from hydra.errors import HydraException
-        from omegaconf.errors import OmegaConfBaseException
-    except ImportError:  # another Hydra layout: keep its reporting
-        yield
-        return
-    original = getattr(hydra_utils, "run_and_report", None)
-    if original is None:
-        yield
-        return
-
-    def run_and_report(func):
-        try:
-            return func()
-        except (HydraException, OmegaConfBaseException) as error:
-            if show_traceback() or os.environ.get("HYDRA_FULL_ERROR", "") not in ("", "0"):
-                raise
-            cause = error.__cause__
-            text = str(error)
-            if isinstance(cause, OmegaConfBaseException) and str(cause) not in text:
-                text += "\n" + str(cause)
-            print(f"error: {one_line(text)}", file=sys.stderr)
-            sys.exit(2)
-        except UserError as error:  # raised by the sweep launcher, outside train_or_exit
-            sys.exit(report_user_error(error))
-        except Exception as error:  # noqa: BLE001 - handed back to Hydra's report unchanged
-            user_error = uncreatable_dir_error(error)
-            full = os.environ.get("HYDRA_FULL_ERROR", "") not in ("", "0")
-            if user_error is not None and not full:
-                sys.exit(report_user_error(user_error))
-            caught = error
-
-        def reraise():
-            raise caught
-
-        return original(reraise)
-
-    hydra_utils.run_and_report = run_and_report
-    try:
-        yield
-    finally:
-        hydra_utils.run_and_report = original

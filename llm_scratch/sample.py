@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from llm_scratch.checkpoint import load_model
+from llm_scratch.checkpoint import load_model, resolve_checkpoint
 from llm_scratch.data.tokenizers import Tokenizer
 from llm_scratch.errors import UserError, report_user_error
 
@@ -52,16 +54,6 @@ def parse_args(argv: list[str]) -> SampleConfig:
         raise UserError(f"Bad argument: {str(error).splitlines()[0]}") from error
 
 
-def _checkpoint_file(path: str) -> Path:
-    p = Path(path)
-    if p.is_dir():
-        candidates = sorted((p / "checkpoints").glob("best-*.ckpt")) or [
-            p / "checkpoints" / "last.ckpt"
-        ]
-        return candidates[-1]
-    return p
-
-
 def resolve_device(name: str) -> str:
     """``auto`` as the GPU if there is one, else the CPU; a device this machine lacks or a name
     torch does not know is a :class:`UserError`."""
@@ -94,7 +86,12 @@ def generate_samples(cfg: SampleConfig) -> list[str]:
     device = resolve_device(cfg.device)
     if cfg.num_samples < 1:  # before loading the checkpoint: a quick answer
         raise UserError(f"num_samples={cfg.num_samples}: ask for at least 1 sample.")
-    model, tokenizer, _ = load_model(_checkpoint_file(cfg.ckpt_path), device=device)
+    # the same forms training's ckpt_path takes; `last` looks where runs go by default
+    log_dir = os.environ.get("LLM_SCRATCH_LOG_DIR", "outputs")
+    path = resolve_checkpoint(cfg.ckpt_path, "sample", log_dir)
+    if Path(cfg.ckpt_path).resolve() != path.resolve():
+        print(f"checkpoint: {path}", file=sys.stderr)
+    model, tokenizer, _ = load_model(path, device=device)
     prompt = cfg.prompt
     if cfg.prompt_file:
         try:

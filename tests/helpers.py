@@ -10,11 +10,12 @@ from pathlib import Path
 
 from llm_scratch.train.compose import CONFIG_DIR as _CONFIG_DIR
 from llm_scratch.train.compose import compose_config
+from llm_scratch.train.config_store import register_configs
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(_CONFIG_DIR)
 
-__all__ = ["CONFIG_DIR", "FAST", "REPO", "compose_config", "run_cli"]
+__all__ = ["CONFIG_DIR", "FAST", "REPO", "compose_config", "option_names", "run_cli"]
 
 # Small and quick: a 3-layer, 48-wide model, few steps, no sanity validation.
 FAST = [
@@ -37,3 +38,16 @@ def run_cli(script: str, *args: str, env: dict | None = None) -> subprocess.Comp
         text=True,
         timeout=300,
     )
+
+
+def option_names(group: str) -> list[str]:
+    """The options of a config group as Hydra lists them: configs/<group>/*.yaml and those
+    registered in the ConfigStore, less the building blocks (``base``, ``*_schema``)."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        options = GlobalHydra.instance().config_loader().get_group_options(group)
+    return sorted(o for o in options if o != "base" and not o.endswith("_schema"))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import yaml
 from omegaconf import OmegaConf
@@ -11,7 +9,7 @@ from omegaconf import OmegaConf
 from llm_scratch.errors import UserError
 from llm_scratch.train.optim import SchedulerConfig
 from llm_scratch.train.validate import validate_config
-from tests.helpers import CONFIG_DIR, compose_config
+from tests.helpers import compose_config, option_names
 
 # Warm-up steps over a 1000-step run, as the scheduler computed them before warmup_steps and
 # warmup_fraction defaulted to null; per sweep job for the ablations that sweep the warm-up.
@@ -23,7 +21,7 @@ WARMUP_AT_1000 = {
     "ablation_norm": [0, 100],
     "ablation_norm_cpu": [0, 100],
 }
-EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+EXPERIMENTS = option_names("experiment")
 
 
 def _sweep_jobs(cfg) -> list[dict]:

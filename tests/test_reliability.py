@@ -14,20 +14,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.errors import InstantiationException
+from hydra.errors import ConfigCompositionException, InstantiationException
 from omegaconf import OmegaConf
 
 from llm_scratch import sample
 from llm_scratch.data import corpora
 from llm_scratch.data.tokenizers import CharTokenizer
-from llm_scratch.errors import UserError, one_line
+from llm_scratch.errors import NonFiniteLossError, UserError, one_line
 from llm_scratch.model import GPTConfig
+from llm_scratch.train.checkpointing import AtomicCheckpointIO
+from llm_scratch.train.failures import training_errors
 from llm_scratch.train.module import GPTLightningModule
-from llm_scratch.train.reliability import (
-    AtomicCheckpointIO,
-    NonFiniteLossError,
-    training_errors,
-)
 from llm_scratch.train.run import train
 from llm_scratch.utils import io as io_utils
 from llm_scratch.utils.io import atomic_write_text
@@ -189,13 +186,29 @@ def test_failed_download_and_bad_checksum_through_train(tmp_path, monkeypatch):
             ["model.context_length=16"],
             "model.context_length=16 is shorter than data.context_length",
         ),
-        (["model.n_layer=abc"], "model.n_layer.*wrong type"),
-        (["+model.n_layers=2"], "Unknown config key 'model.n_layers'"),
     ],
 )
 def test_impossible_model_or_config(tmp_path, overrides, match):
     with pytest.raises(UserError, match=match):
         train(compose_config([*TINY, *overrides], tmp_path / "run"))
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("model.n_layer=abc", r"model\.n_layer=abc.*could not be converted to Integer"),
+        ("+model.n_layers=2", r"Key 'n_layers' not in 'GPTConfigSchema'"),
+        ("optimizer.lr=fast", r"optimizer\.lr=fast.*could not be converted to Float"),
+        ("seed=abc", r"seed=abc.*could not be converted to Integer"),
+        ("scheduler.warmup_steps=1.5", r"scheduler\.warmup_steps=1\.5"),
+    ],
+)
+def test_typed_keys_are_refused_when_the_config_is_composed(tmp_path, override, match):
+    # the structured configs (llm_scratch/train/config_store.py): Hydra refuses these itself
+    with pytest.raises(ConfigCompositionException) as caught:
+        compose_config([*TINY, override], tmp_path / "run")
+    text = str(caught.value) + " " + str(caught.value.__cause__)
+    assert re.search(match, text), text
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,10 @@ import torch
 from hydra.utils import instantiate
 
 from llm_scratch.errors import UserError
+from llm_scratch.model import GPTConfig
 from llm_scratch.train.run import train
 from llm_scratch.train.validate import validate_config
-from tests.helpers import CONFIG_DIR, FAST, REPO, compose_config
+from tests.helpers import FAST, REPO, compose_config, option_names
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, str]]:
@@ -24,10 +25,6 @@ def read_metrics(run_dir: Path) -> list[dict[str, str]]:
 
 def column(rows: list[dict[str, str]], key: str) -> list[float]:
     return [float(r[key]) for r in rows if r.get(key)]
-
-
-def option_names(group: str) -> list[str]:
-    return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
 
 
 @pytest.mark.parametrize(
@@ -62,28 +59,30 @@ def test_data_stride_follows_a_changed_context_length(option, tmp_path):
     assert instantiate(cfg.data).stride == 64
 
 
-def test_model_presets_in_yaml_match_the_python_presets(tmp_path):
+def test_model_presets_are_from_name_field_for_field(tmp_path):
+    from dataclasses import asdict
+
     from llm_scratch.model.config import PRESETS
 
-    for name in option_names("model"):
-        if name in ("base", "hf_gpt2"):  # hf_gpt2: an HFGPT2Config, no preset
-            continue
-        cfg = compose_config([f"model={name}"], tmp_path)
-        for key, value in PRESETS[name].items():
-            if key in ("context_length", "vocab_size"):
-                continue  # the data sets these
-            assert cfg.model[key] == value, (name, key)
+    names = set(option_names("model")) - {"hf_gpt2"}
+    assert names == set(PRESETS)
+    for name in PRESETS:
+        cfg = compose_config([f"model={name}", "data.context_length=64"], tmp_path)
+        trained = instantiate(cfg.model, vocab_size=50257)
+        expected = asdict(GPTConfig.from_name(name, vocab_size=50257, context_length=64))
+        assert asdict(trained) == expected, name  # the data sets vocabulary and context
 
 
 def test_typo_and_wrong_type_are_named_before_anything_runs(tmp_path):
-    cfg = compose_config(["model.n_layer=abc", *FAST], tmp_path / "run")
-    with pytest.raises(UserError, match=r"model\.n_layer.*wrong type.*int"):
-        train(cfg)
+    # the groups without a schema (data, trainer, callbacks, logger): checked by validate_config
     cfg = compose_config(["+data.batchsize=4", *FAST], tmp_path / "run")
     with pytest.raises(UserError, match=r"Unknown config key 'data\.batchsize'"):
         train(cfg)
-    cfg = compose_config(["optimizer.lr=fast", *FAST], tmp_path / "run")
-    with pytest.raises(UserError, match=r"optimizer\.lr"):
+    cfg = compose_config(["trainer.max_epochs=many", *FAST], tmp_path / "run")
+    with pytest.raises(UserError, match=r"trainer\.max_epochs.*wrong type"):
+        train(cfg)
+    cfg = compose_config(["data.batch_size=2.5", *FAST], tmp_path / "run")
+    with pytest.raises(UserError, match=r"data\.batch_size.*wrong type.*int"):
         train(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists()
 
@@ -189,8 +188,8 @@ def test_step_options_count_optimizer_steps_under_gradient_accumulation(
     """With 2 batches per optimizer step, ``log_every_n_steps=3`` means steps 3 and 6 (batches
     6 and 12), for the throughput metrics and for the finite-loss check alike; tokens/s still
     counts every batch's tokens. (Counting batches gave steps 1, 3, 4 and 6.)"""
+    from llm_scratch.train.callbacks import FiniteLossGuard
     from llm_scratch.train.module import GPTLightningModule
-    from llm_scratch.train.reliability import FiniteLossGuard
 
     logged, checks, checked_at = [], [], []
     log_dict = GPTLightningModule.log_dict

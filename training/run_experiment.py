@@ -8,7 +8,6 @@ Examples:
 
 import logging
 import os
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -16,10 +15,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from hydra_plugins.llm_scratch_launcher.subprocess_launcher import SWEEP_ID_ENV
-from llm_scratch.errors import one_line_hydra_errors
+from llm_scratch.compat import one_line_hydra_errors
+from llm_scratch.train.compose import CONFIG_DIR
+from llm_scratch.train.config_store import register_configs
 from llm_scratch.train.run import train_or_exit
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+register_configs()  # the typed schemas and generated options, before Hydra composes
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def warn_if_sweep_without_multirun() -> None:
     )
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     warn_if_sweep_without_multirun()
     metrics = train_or_exit(cfg)

@@ -88,8 +88,9 @@ def lightning_run(cfg: DictConfig, steps: int, warmup: int) -> dict[str, Any]:
     """Train through GPTLightningModule + LMDataModule + Trainer; steady-state tokens/s."""
     from hydra.utils import instantiate
 
+    from llm_scratch.train.callbacks import build_callbacks
+    from llm_scratch.train.loggers import build_loggers
     from llm_scratch.train.module import GPTLightningModule
-    from llm_scratch.train.run import _build_callbacks, _build_loggers
 
     _prepare(cfg, steps, warmup)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -105,7 +106,7 @@ def lightning_run(cfg: DictConfig, steps: int, warmup: int) -> dict[str, Any]:
     timer = StepTimer()
     with quiet():
         trainer = instantiate(
-            cfg.trainer, callbacks=[*_build_callbacks(cfg), timer], logger=_build_loggers(cfg)
+            cfg.trainer, callbacks=[*build_callbacks(cfg), timer], logger=build_loggers(cfg)
         )
         trainer.fit(module, datamodule=datamodule)
     tokens_per_step = cfg.data.batch_size * cfg.data.context_length

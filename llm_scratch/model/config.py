@@ -6,8 +6,11 @@ from typing import Any
 LAYER_INITS = ("fresh", "clone")
 ATTENTIONS = ("fused", "loop")
 
-# Named model sizes. Fields left out keep the GPTConfig defaults (and can be overridden in
-# from_name); the small presets leave vocab_size to the data set, as minGPT does.
+# Named model sizes: GPTConfig.from_name(name), and model=<name> in training (where the vocabulary
+# comes from the tokenizer and the context from the data; llm_scratch/train/config_store.py).
+# Fields left out keep the GPTConfig defaults; dropout is GPT-2's 0.1 (0.0 is the dataclass
+# default, for a bare GPTConfig()); the small presets leave vocab_size to the data set, as
+# minGPT does.
 PRESETS: dict[str, dict[str, Any]] = {
     # The four OpenAI GPT-2 checkpoints.
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768, context_length=1024, vocab_size=50257),
@@ -21,6 +24,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # nanoGPT's "baby GPT" from the Shakespeare-char example.
     "baby": dict(n_layer=6, n_head=6, n_embd=384, context_length=256, dropout=0.2),
 }
+for _preset in PRESETS.values():
+    _preset.setdefault("dropout", 0.1)
 
 
 @dataclass

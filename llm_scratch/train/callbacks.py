@@ -1,19 +1,26 @@
-"""Callbacks: text samples at each validation, throughput and MFU, plain progress lines."""
+"""Callbacks: text samples at each validation, throughput and MFU, plain progress lines, a
+finite-loss guard, a checkpoint on SIGTERM, a warning for runs that never validate; and
+``build_callbacks``, the list a run's config asks for."""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ProgressBar
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig
 
+from llm_scratch.errors import NonFiniteLossError, UserError
 from llm_scratch.sample import sample_texts
 from llm_scratch.utils.flops import known_peak_flops
 
@@ -198,3 +205,151 @@ class LineProgressBar(ProgressBar):
         metrics = trainer.callback_metrics
         shown = {k: float(v) for k, v in metrics.items() if k.startswith("val/")}
         self._print(f"validation at step {trainer.global_step}: {self._format(shown)}")
+
+
+class FiniteLossGuard(L.Callback):
+    """Stops training when the loss becomes NaN or infinite, naming the step and learning rate,
+    before any checkpoint of the broken state is written.
+
+    The check reads one flag from the device every ``check_every_n_steps`` optimizer steps (no
+    sync per step; with gradient accumulation a step is several batches) and before every
+    checkpoint save: ``on_save_checkpoint`` runs before the file is
+    written, so ``last.ckpt`` and the best checkpoint keep the last good state.
+    """
+
+    def __init__(self, check_every_n_steps: int = 1) -> None:
+        if check_every_n_steps < 1:
+            raise UserError(
+                f"callbacks.finite_loss.check_every_n_steps must be >= 1, got {check_every_n_steps}"
+            )
+        self.check_every_n_steps = int(check_every_n_steps)
+        self._first_bad: torch.Tensor | None = None  # step of the first bad loss, -1: none
+        self._bad_value: torch.Tensor | None = None
+        self._lrs: dict[int, float] = {}
+        self._step = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._step = trainer.global_step
+        if trainer.optimizers:
+            self._lrs[self._step] = trainer.optimizers[0].param_groups[0]["lr"]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if not isinstance(loss, torch.Tensor):
+            return
+        loss = loss.detach().float().reshape(())
+        if self._first_bad is None or self._first_bad.device != loss.device:
+            self._first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
+            self._bad_value = torch.zeros((), device=loss.device)
+        new = (~torch.isfinite(loss)) & (self._first_bad < 0)
+        self._first_bad = torch.where(new, self._step, self._first_bad)
+        self._bad_value = torch.where(new, loss, self._bad_value)
+        # Optimizer steps, not batches: only the last batch of an accumulated step moves
+        # global_step past the step this batch started in (self._step).
+        step = trainer.global_step
+        if step > self._step and step % self.check_every_n_steps == 0:
+            self.check()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.check()
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self.check()
+
+    def check(self) -> None:
+        if self._first_bad is None:
+            return
+        step = int(self._first_bad.item())  # the one device sync
+        if step < 0:
+            self._lrs.clear()  # every loss so far was finite
+            return
+        value = float(self._bad_value.item())
+        lr = self._lrs.get(step)
+        lr_text = f"learning rate {lr:.3g}" if lr is not None else "learning rate unknown"
+        raise NonFiniteLossError(
+            f"The training loss became {value} at step {step} ({lr_text}); training stopped "
+            "before saving that state, so the checkpoints already saved are the last good ones. "
+            "Lower optimizer.lr, lengthen scheduler.warmup_steps or keep "
+            "trainer.gradient_clip_val, then continue with ckpt_path=<the run directory>."
+        )
+
+
+class SigtermCheckpoint(L.Callback):
+    """On SIGTERM (what cluster schedulers send before preempting a job) save ``last.ckpt`` at
+    the end of the current training batch; Lightning then stops the run.
+
+    Lightning 2.6 only sets ``trainer.received_sigterm`` and raises ``SIGTERMException`` after the
+    batch, without saving anything. The checkpoint written here is the state Lightning's
+    ``every_n_train_steps`` checkpoints hold, so resuming from it continues exactly.
+    """
+
+    def __init__(self, dirpath: str, filename: str = "last.ckpt") -> None:
+        self.path = Path(dirpath) / filename
+        self.saved_step: int | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.received_sigterm:
+            self._save(trainer)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        # The signal came after this callback's on_train_batch_end: Lightning raises at the end
+        # of the batch (after any validation due there), a state it also resumes from exactly.
+        # During validation it raises mid-way; that state is not saved (the periodic one stays).
+        if isinstance(exception, SIGTERMException) and not trainer.validating:
+            self._save(trainer)
+
+    def _save(self, trainer: L.Trainer) -> None:
+        if self.saved_step is not None or trainer.sanity_checking:
+            return
+        log.info("SIGTERM received: saving %s at step %d", self.path, trainer.global_step)
+        trainer.save_checkpoint(self.path)
+        self.saved_step = trainer.global_step
+
+
+class NoValidationWarning(L.Callback):
+    """Warns at the start of training when ``trainer.max_steps`` ends the run before its first
+    validation: such a run succeeds without a val/loss, a sample or a best checkpoint."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        first = steps_to_first_validation(trainer)
+        if trainer.global_step == 0 and first is not None and 0 < trainer.max_steps < first:
+            log.warning(
+                "trainer.max_steps=%d ends the run before its first validation (after %d steps): "
+                "it will log no val/loss, write no sample and save no best checkpoint; raise "
+                "trainer.max_steps or validate sooner with trainer.val_check_interval=<steps>.",
+                trainer.max_steps,
+                first,
+            )
+
+
+def steps_to_first_validation(trainer: L.Trainer) -> int | None:
+    """Optimizer steps before the first validation of a run started from scratch (Lightning's
+    schedule, known once the data is set up); None when no validation is planned or its time is
+    not counted in batches."""
+    if trainer.limit_val_batches == 0:
+        return None  # validation switched off
+    per_epoch = trainer.num_training_batches
+    every_n_epochs = trainer.check_val_every_n_epoch
+    interval = trainer.val_check_batch
+    if not isinstance(per_epoch, int) or interval is None:
+        return None  # an iterable dataset without a length, or validation by wall time
+    if every_n_epochs is None:  # every val_check_interval batches, across epochs
+        batches = int(interval)
+    elif interval == float("inf"):
+        batches = every_n_epochs * per_epoch
+    else:
+        batches = (every_n_epochs - 1) * per_epoch + min(int(interval), per_epoch)
+    return math.ceil(batches / trainer.accumulate_grad_batches)
+
+
+def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """The callbacks of ``cfg.callbacks``, a progress bar (Rich on a terminal, plain lines
+    otherwise) unless one is configured or disabled, and :class:`NoValidationWarning`."""
+    callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node]
+    has_bar = any(isinstance(c, L.pytorch.callbacks.ProgressBar) for c in callbacks)
+    if not has_bar and cfg.trainer.get("enable_progress_bar", True):
+        if sys.stdout.isatty():
+            callbacks.append(RichProgressBar())
+        else:
+            callbacks.append(LineProgressBar(refresh_rate=cfg.trainer.get("log_every_n_steps", 10)))
+    return [*callbacks, NoValidationWarning()]

@@ -11,8 +11,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
-# configs/ sits next to the package in the repository (an editable install). The entry point
-# finds it relative to itself instead, so it also works with a non-editable install.
+from llm_scratch.train.config_store import register_configs
+
+# configs/ sits next to the package in the repository (the README's editable install); the
+# entry point and the tests compose from here.
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
@@ -26,6 +28,7 @@ def compose_config(overrides: list[str], output_dir: str | Path | None = None) -
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
 
+    register_configs()
     GlobalHydra.instance().clear()  # a previous composition in this process would refuse ours
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         cfg = compose("train", overrides=overrides, return_hydra_config=True)

@@ -9,12 +9,18 @@ import lightning as L
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from llm_scratch.compat import (
+    epoch_cut_short_by_max_steps,
+    loggers_write_this_step,
+    reopen_epoch_stopped_by_max_steps,
+    start_next_epoch_plainly,
+)
 from llm_scratch.model import GPTConfig
 from llm_scratch.model.factory import build_model
 from llm_scratch.model.pretrained import load_initial_weights
+from llm_scratch.train.checkpointing import get_rng_states, set_rng_states
 from llm_scratch.train.metrics import TokenWeightedMean
 from llm_scratch.train.optim import OptimizerConfig, SchedulerConfig, build_adamw, lr_multiplier
-from llm_scratch.train.reliability import get_rng_states, set_rng_states
 
 
 class GPTLightningModule(L.LightningModule):
@@ -79,14 +85,9 @@ class GPTLightningModule(L.LightningModule):
         # Each self.log costs Lightning ~0.4 ms of bookkeeping on a CPU, whether or not the
         # value is written: log the learning rate only on the steps the loggers write (every
         # trainer.log_every_n_steps), and the epoch loss once, in on_train_epoch_end.
-        if self._logs_this_step():
+        if loggers_write_this_step(self.trainer):
             self.log("train/lr", self.lr_schedulers().get_last_lr()[0], on_step=True)
         return loss
-
-    def _logs_this_step(self) -> bool:
-        """Whether the loggers write this training step's metrics (Lightning's own rule)."""
-        connector = getattr(self.trainer, "_logger_connector", None)
-        return connector is None or connector.should_update_logs or bool(self.trainer.fast_dev_run)
 
     def on_train_epoch_end(self) -> None:
         if self.train_epoch_loss.update_called:
@@ -96,14 +97,8 @@ class GPTLightningModule(L.LightningModule):
         # The sums are saved in checkpoints, so a run resumed mid-epoch averages the whole epoch.
         # An epoch that max_steps cut short keeps them for the run that continues it (see
         # reopen_epoch_stopped_by_max_steps).
-        if not self._epoch_cut_short_by_max_steps():
+        if not epoch_cut_short_by_max_steps(self.trainer):
             self.train_epoch_loss.reset()
-
-    def _epoch_cut_short_by_max_steps(self) -> bool:
-        trainer = self.trainer
-        max_steps = trainer.max_steps
-        at_max = max_steps is not None and max_steps >= 0 and trainer.global_step >= max_steps
-        return at_max and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         x, y = batch
@@ -146,65 +141,8 @@ class GPTLightningModule(L.LightningModule):
         if states is not None:
             set_rng_states(states)
             self._rng_states_to_restore = None
-        fit = self.trainer.fit_loop
-        progress = fit.epoch_progress.current
-        if fit.restarted_mid_epoch and progress.processed == progress.ready:
-            # Resumed after an epoch's last batch: Lightning has closed that epoch but would start
-            # the next one as if resumed inside it, without counting it ready or calling
-            # on_train_epoch_start, and a checkpoint of that epoch would then resume wrongly.
-            # A plain epoch start instead.
-            fit.reset_restart_stage()
+        start_next_epoch_plainly(self.trainer)
         if self.trainer.world_size > 1:
             # Under DDP a resumed epoch restarts from its first batch, and the checkpoint holds
             # rank 0's sums only: start the epoch's mean afresh.
             self.train_epoch_loss.reset()
-
-
-def reopen_epoch_stopped_by_max_steps(checkpoint: dict[str, Any], iteration_based: bool) -> bool:
-    """Put a checkpoint's loop state back to the one Lightning resumes exactly, where it would not.
-
-    Lightning (2.6) ends the epoch when ``max_steps`` is reached, whether or not the epoch is
-    over: the epoch counts as finished (``current_epoch`` + 1) while the batch counter keeps the
-    batches done. A run continued from that checkpoint with a larger ``max_steps`` then started
-    the next epoch at that batch count, so the rest of the stopped epoch was never trained and the
-    next one was cut short. And a checkpoint saved after an epoch's last batch (at validation or
-    epoch end) resumes wrongly whenever ``max_steps`` is set (Lightning issue #19617): steps one
-    off, the next epoch's windows skipped.
-
-    Both are rewritten to the state Lightning saves just after that batch (the periodic
-    ``last.ckpt``'s), from which it resumes exactly and which the data module's saved position
-    matches. Called by the module's ``on_load_checkpoint``, before Lightning restores the loops;
-    ``iteration_based``: the continued run sets ``max_steps``. Returns whether it changed the
-    checkpoint.
-    """
-    fit = checkpoint.get("loops", {}).get("fit_loop", {})
-    try:
-        epochs = fit["epoch_progress"]
-        batches = fit["epoch_loop.batch_progress"]
-        loop_state = fit["epoch_loop.state_dict"]
-        loop_state["_batches_that_stepped"]
-    except KeyError:  # weights only, or another Lightning's layout: leave it to Lightning
-        return False
-    counts = ("ready", "started", "processed", "completed")
-    epoch, batch = epochs["current"], batches["current"]
-    if len({batch[c] for c in counts}) != 1 or batch["completed"] == 0:
-        return False  # saved during a batch, or before the epoch's first one
-    ready = epoch["ready"]
-    if epoch["started"] != ready or epoch["processed"] not in (ready - 1, ready):
-        return False
-    # After the epoch-end hooks (not during validation), the batch loop counted one more batch.
-    after_epoch_end = epoch["processed"] == ready
-    if batches.get("is_last_batch"):
-        if not iteration_based:
-            return False  # Lightning resumes the finished epoch right without max_steps
-    elif not after_epoch_end:
-        return False  # mid-epoch, saved at validation: a state Lightning resumes
-    for key in ("current", "total"):
-        shift = epochs[key]["ready"] - 1 - epochs[key]["processed"]
-        epochs[key]["processed"] += shift
-        epochs[key]["completed"] = epochs[key]["processed"]
-        batches[key]["completed"] -= 1  # "restarted on train batch end"
-    if after_epoch_end:
-        loop_state["_batches_that_stepped"] -= 1  # Lightning adds it back on that restart
-    checkpoint["epoch"] = epoch["completed"]
-    return True

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
-import sys
 import time
 import warnings
 from dataclasses import asdict
@@ -19,109 +17,23 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from llm_scratch.checkpoint import read_checkpoint
+from llm_scratch.checkpoint import check_resume_checkpoint, read_checkpoint, resolve_checkpoint
 from llm_scratch.data.corpora import load_corpus
 from llm_scratch.errors import UserError, exit_on_user_error, one_line
 from llm_scratch.model import GPTConfig
 from llm_scratch.model.pretrained import init_from_model_config
-from llm_scratch.train.callbacks import LineProgressBar
-from llm_scratch.train.checkpoints import resolve_ckpt_path
+from llm_scratch.train.callbacks import build_callbacks
+from llm_scratch.train.checkpointing import AtomicCheckpointIO
 from llm_scratch.train.config_tree import print_config_tree
+from llm_scratch.train.failures import training_errors
+from llm_scratch.train.loggers import build_loggers, finish_loggers, route_lightning_logs
 from llm_scratch.train.module import GPTLightningModule
 from llm_scratch.train.optim import OptimizerConfig, SchedulerConfig
-from llm_scratch.train.reliability import (
-    AtomicCheckpointIO,
-    check_resume_checkpoint,
-    training_errors,
-)
 from llm_scratch.train.summary import write_run_summary
 from llm_scratch.train.validate import validate_config
 from llm_scratch.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
-
-
-def route_lightning_logs() -> None:
-    """Send Lightning's messages through the root logger (Hydra's console and file handlers).
-
-    Lightning adds its own stderr handler when it is imported before logging is configured;
-    under Hydra that prints each message twice, or keeps it out of the run's log file.
-    """
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logger = logging.getLogger(name)
-        logger.handlers.clear()
-        logger.propagate = True
-
-
-def _build_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node]
-    has_bar = any(isinstance(c, L.pytorch.callbacks.ProgressBar) for c in callbacks)
-    if not has_bar and cfg.trainer.get("enable_progress_bar", True):
-        if sys.stdout.isatty():
-            callbacks.append(L.pytorch.callbacks.RichProgressBar())
-        else:
-            callbacks.append(LineProgressBar(refresh_rate=cfg.trainer.get("log_every_n_steps", 10)))
-    return callbacks
-
-
-class NoValidationWarning(L.Callback):
-    """Warns at the start of training when ``trainer.max_steps`` ends the run before its first
-    validation: such a run succeeds without a val/loss, a sample or a best checkpoint."""
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        first = steps_to_first_validation(trainer)
-        if trainer.global_step == 0 and first is not None and 0 < trainer.max_steps < first:
-            log.warning(
-                "trainer.max_steps=%d ends the run before its first validation (after %d steps): "
-                "it will log no val/loss, write no sample and save no best checkpoint; raise "
-                "trainer.max_steps or validate sooner with trainer.val_check_interval=<steps>.",
-                trainer.max_steps,
-                first,
-            )
-
-
-def steps_to_first_validation(trainer: L.Trainer) -> int | None:
-    """Optimizer steps before the first validation of a run started from scratch (Lightning's
-    schedule, known once the data is set up); None when no validation is planned or its time is
-    not counted in batches."""
-    if trainer.limit_val_batches == 0:
-        return None  # validation switched off
-    per_epoch = trainer.num_training_batches
-    every_n_epochs = trainer.check_val_every_n_epoch
-    interval = trainer.val_check_batch
-    if not isinstance(per_epoch, int) or interval is None:
-        return None  # an iterable dataset without a length, or validation by wall time
-    if every_n_epochs is None:  # every val_check_interval batches, across epochs
-        batches = int(interval)
-    elif interval == float("inf"):
-        batches = every_n_epochs * per_epoch
-    else:
-        batches = (every_n_epochs - 1) * per_epoch + min(int(interval), per_epoch)
-    return math.ceil(batches / trainer.accumulate_grad_batches)
-
-
-def _wandb_has_credentials() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
-
-
-def _build_loggers(cfg: DictConfig) -> list:
-    nodes = [node for node in (cfg.get("logger") or {}).values() if node]
-    uses_wandb = any("WandbLogger" in str(node.get("_target_", "")) for node in nodes)
-    offline = uses_wandb and "WANDB_MODE" not in os.environ and not _wandb_has_credentials()
-    if offline:
-        # wandb would otherwise stop at an interactive login prompt
-        log.info("No W&B API key found: logging offline (upload later with `wandb sync`).")
-    # mode="offline" goes to wandb.init; not offline=True, with which Lightning's WandbLogger
-    # sets os.environ["WANDB_MODE"], and that would outlive this run (later runs in the process)
-    return [
-        instantiate(node, mode="offline")
-        if offline and "WandbLogger" in str(node.get("_target_", ""))
-        else instantiate(node)
-        for node in nodes
-    ]
 
 
 def _check_output_dir(output_dir: Path, ckpt_path: str | None) -> None:
@@ -169,7 +81,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
     validate_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths)
+    given = cfg.get("ckpt_path")
+    ckpt_path = (
+        None if given is None else str(resolve_checkpoint(given, "resume", cfg.paths.log_dir))
+    )
     _check_output_dir(output_dir, ckpt_path)
     written: list[Path] = []  # the files this call writes into the run directory
     try:
@@ -201,10 +116,10 @@ def _train(
     SchedulerConfig(**scheduler)
     if ckpt_path is not None:  # refused here, with one line, rather than deep inside Lightning
         check_resume_checkpoint(ckpt_path, asdict(model_config), tokenizer.to_dict())
-    loggers = _build_loggers(cfg)
+    loggers = build_loggers(cfg)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
-        callbacks=[*_build_callbacks(cfg), NoValidationWarning()],
+        callbacks=build_callbacks(cfg),
         logger=loggers,
         plugins=[AtomicCheckpointIO()],
     )
@@ -245,7 +160,7 @@ def _train(
             else:
                 trainer.validate(module, datamodule=datamodule)
     finally:
-        _finish_loggers(loggers)
+        finish_loggers(loggers)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v)}
     if trainer.is_global_zero:
         write_run_summary(output_dir, trainer, module.model.num_params(), started, metrics)
@@ -303,15 +218,6 @@ def _remove_unfinished(output_dir: Path, written: list[Path]) -> None:
     for path in written:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-
-
-def _finish_loggers(loggers: list) -> None:
-    # In a multirun every job must close its W&B run, or the next job logs into it.
-    for logger in loggers:
-        if isinstance(logger, L.pytorch.loggers.WandbLogger):
-            import wandb
-
-            wandb.finish()
 
 
 def train_or_exit(cfg: DictConfig) -> dict[str, Any]:

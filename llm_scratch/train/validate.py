@@ -1,9 +1,11 @@
-"""Check a composed config before anything runs: unknown keys and wrong types name the key.
+"""Check the config groups that no schema types, before anything runs, naming the key.
 
-Hydra already refuses an override of a key that does not exist (``model.pre_normm=true``).
-This adds what YAML cannot say: every node with a ``_target_`` is checked against the
-signature of what it instantiates (an unknown key, or a value of the wrong type), and the
-top-level keys against :class:`RunSchema`.
+Hydra itself refuses an override of a key that does not exist (``model.pre_normm=true``) and,
+through the structured configs of llm_scratch/train/config_store.py, a wrongly typed value of
+the top-level keys, the optimizer, the scheduler and the model. The other groups (data, trainer,
+callbacks, logger) are objects Hydra instantiates from YAML: each node with a ``_target_`` is
+checked here against the signature of what it instantiates (an unknown key, a missing value, or
+a value of the wrong type).
 """
 
 from __future__ import annotations
@@ -11,36 +13,15 @@ from __future__ import annotations
 import inspect
 import types
 import typing
-from dataclasses import dataclass
 from typing import Any, Literal, Union
 
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from llm_scratch.errors import UserError
-from llm_scratch.train.optim import OptimizerConfig, SchedulerConfig
 
-
-@dataclass
-class RunSchema:
-    """Top-level keys of ``train.yaml`` that are not config groups."""
-
-    task_name: str = "train"
-    seed: int = 1337
-    ckpt_path: str | None = None
-    init_from: str | None = None
-    compile: bool = False
-    train: bool = True
-    validate_after: bool = False
-
-
-# Sections that are plain settings rather than objects to instantiate.
-SECTION_SCHEMAS = {"optimizer": OptimizerConfig, "scheduler": SchedulerConfig}
-# Keys whose null means "filled in at run time" (the vocabulary comes from the tokenizer).
-NULL_MEANS_DERIVED = {"model.vocab_size"}
-GROUP_KEYS = {"data", "model", "trainer", "logger", "callbacks", "paths", "hydra"} | set(
-    SECTION_SCHEMAS
-)
+# The groups checked here; the others are typed by their schemas.
+CHECKED_GROUPS = ("data", "trainer", "logger", "callbacks")
 
 
 def _matches(value: Any, annotation: Any) -> bool:
@@ -88,8 +69,6 @@ def _check_fields(path: str, node: DictConfig, hints: dict[str, Any], open_ended
             raise UserError(f"Config key '{full}' has no value (???): set it, e.g. {full}=...")
         if isinstance(value, DictConfig) and "_target_" in value:
             _check_target(full, value)
-        elif value is None and full in NULL_MEANS_DERIVED:
-            continue
         elif not _matches(value, hints[key]):
             raise UserError(
                 f"Config key '{full}' has the wrong type: got {value!r} "
@@ -139,11 +118,6 @@ def _check_tree(path: str, node: Any) -> None:
 
 def validate_config(cfg: DictConfig) -> None:
     """Raise :class:`UserError` naming the first unknown key or wrongly typed value."""
-    run_hints = typing.get_type_hints(RunSchema) | {k: Any for k in GROUP_KEYS}
-    _check_fields("", cfg, run_hints, open_ended=False)
-    for key, schema in SECTION_SCHEMAS.items():
-        if key in cfg:
-            _check_fields(key, cfg[key], typing.get_type_hints(schema), open_ended=False)
-    for key in ("data", "model", "trainer", "logger", "callbacks"):
+    for key in CHECKED_GROUPS:
         if key in cfg:
             _check_tree(key, cfg[key])

@@ -1,0 +1,164 @@
+"""Every place we rely on private or undocumented behaviour of Lightning or Hydra, in one file.
+
+Each shim says which upstream behaviour it works around and the versions it was written and
+tested against (Lightning 2.6, Hydra 1.3). When upgrading either, read this file first: the
+tests that exercise each shim are named with it. Nothing here imports Lightning; Hydra is
+imported inside the function that patches it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from llm_scratch.errors import (
+    UserError,
+    one_line,
+    report_user_error,
+    show_traceback,
+    uncreatable_dir_error,
+)
+
+
+# ----------------------------------------------------------------------------- Lightning loops
+def loggers_write_this_step(trainer: Any) -> bool:
+    """Whether Lightning's loggers write this training step's metrics.
+
+    Lightning 2.6 decides it in the private ``trainer._logger_connector.should_update_logs``
+    (every ``log_every_n_steps``); logging a value on the other steps costs its bookkeeping for
+    nothing (tests/test_bench.py::test_training_metrics_stay_logged_at_every_logging_step).
+    Without the connector (another Lightning) every step logs.
+    """
+    connector = getattr(trainer, "_logger_connector", None)
+    return connector is None or connector.should_update_logs or bool(trainer.fast_dev_run)
+
+
+def epoch_cut_short_by_max_steps(trainer: Any) -> bool:
+    """Whether ``max_steps`` ended this epoch before its last batch (Lightning 2.6's
+    ``fit_loop.epoch_loop.batch_progress.is_last_batch``, a loop internal)."""
+    max_steps = trainer.max_steps
+    at_max = max_steps is not None and max_steps >= 0 and trainer.global_step >= max_steps
+    return at_max and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+
+
+def start_next_epoch_plainly(trainer: Any) -> None:
+    """After resuming from a checkpoint saved after an epoch's last batch, start the next epoch
+    as a plain one.
+
+    Lightning 2.6 has closed that epoch but starts the next one as if resumed inside it
+    (``fit_loop.restarted_mid_epoch``), without counting it ready or calling
+    ``on_train_epoch_start``, and a checkpoint of that epoch then resumes wrongly. Uses the loop
+    internal ``fit_loop.reset_restart_stage()``. Tests: tests/test_run_integrity.py.
+    """
+    fit = trainer.fit_loop
+    progress = fit.epoch_progress.current
+    if fit.restarted_mid_epoch and progress.processed == progress.ready:
+        fit.reset_restart_stage()
+
+
+def reopen_epoch_stopped_by_max_steps(checkpoint: dict[str, Any], iteration_based: bool) -> bool:
+    """Put a checkpoint's loop state back to the one Lightning resumes exactly, where it would not.
+
+    Lightning (2.6) ends the epoch when ``max_steps`` is reached, whether or not the epoch is
+    over: the epoch counts as finished (``current_epoch`` + 1) while the batch counter keeps the
+    batches done. A run continued from that checkpoint with a larger ``max_steps`` then started
+    the next epoch at that batch count, so the rest of the stopped epoch was never trained and the
+    next one was cut short. And a checkpoint saved after an epoch's last batch (at validation or
+    epoch end) resumes wrongly whenever ``max_steps`` is set (Lightning issue #19617): steps one
+    off, the next epoch's windows skipped.
+
+    Both are rewritten to the state Lightning saves just after that batch (the periodic
+    ``last.ckpt``'s), from which it resumes exactly and which the data module's saved position
+    matches. Called by the module's ``on_load_checkpoint``, before Lightning restores the loops;
+    ``iteration_based``: the continued run sets ``max_steps``. Returns whether it changed the
+    checkpoint.
+    """
+    fit = checkpoint.get("loops", {}).get("fit_loop", {})
+    try:
+        epochs = fit["epoch_progress"]
+        batches = fit["epoch_loop.batch_progress"]
+        loop_state = fit["epoch_loop.state_dict"]
+        loop_state["_batches_that_stepped"]
+    except KeyError:  # weights only, or another Lightning's layout: leave it to Lightning
+        return False
+    counts = ("ready", "started", "processed", "completed")
+    epoch, batch = epochs["current"], batches["current"]
+    if len({batch[c] for c in counts}) != 1 or batch["completed"] == 0:
+        return False  # saved during a batch, or before the epoch's first one
+    ready = epoch["ready"]
+    if epoch["started"] != ready or epoch["processed"] not in (ready - 1, ready):
+        return False
+    # After the epoch-end hooks (not during validation), the batch loop counted one more batch.
+    after_epoch_end = epoch["processed"] == ready
+    if batches.get("is_last_batch"):
+        if not iteration_based:
+            return False  # Lightning resumes the finished epoch right without max_steps
+    elif not after_epoch_end:
+        return False  # mid-epoch, saved at validation: a state Lightning resumes
+    for key in ("current", "total"):
+        shift = epochs[key]["ready"] - 1 - epochs[key]["processed"]
+        epochs[key]["processed"] += shift
+        epochs[key]["completed"] = epochs[key]["processed"]
+        batches[key]["completed"] -= 1  # "restarted on train batch end"
+    if after_epoch_end:
+        loop_state["_batches_that_stepped"] -= 1  # Lightning adds it back on that restart
+    checkpoint["epoch"] = epoch["completed"]
+    return True
+
+
+# ----------------------------------------------------------------------------- Hydra's reporting
+@contextlib.contextmanager
+def one_line_hydra_errors() -> Iterator[None]:
+    """Make Hydra report a bad override or config group (``model.pre_normm=1``, ``model=typo``), an
+    output directory it cannot create (``hydra.run.dir=/proc/x``) and a :class:`UserError` from
+    the sweep launcher as one ``error:`` line with exit status 2 (143 for a stopped sweep), like
+    the package's own errors, instead of its multi-line report with exit status 1.
+    ``HYDRA_FULL_ERROR=1`` or ``LLM_SCRATCH_TRACEBACK=1`` keep Hydra's full report. Any other
+    exception is left to Hydra's own reporting.
+    """
+    try:
+        import hydra._internal.utils as hydra_utils
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+    except ImportError:  # another Hydra layout: keep its reporting
+        yield
+        return
+    original = getattr(hydra_utils, "run_and_report", None)
+    if original is None:
+        yield
+        return
+
+    def run_and_report(func):
+        try:
+            return func()
+        except (HydraException, OmegaConfBaseException) as error:
+            if show_traceback() or os.environ.get("HYDRA_FULL_ERROR", "") not in ("", "0"):
+                raise
+            cause = error.__cause__
+            text = str(error)
+            if isinstance(cause, OmegaConfBaseException) and str(cause) not in text:
+                text += "\n" + str(cause)
+            print(f"error: {one_line(text)}", file=sys.stderr)
+            sys.exit(2)
+        except UserError as error:  # raised by the sweep launcher, outside train_or_exit
+            sys.exit(report_user_error(error))
+        except Exception as error:  # noqa: BLE001 - handed back to Hydra's report unchanged
+            user_error = uncreatable_dir_error(error)
+            full = os.environ.get("HYDRA_FULL_ERROR", "") not in ("", "0")
+            if user_error is not None and not full:
+                sys.exit(report_user_error(user_error))
+            caught = error
+
+        def reraise():
+            raise caught
+
+        return original(reraise)
+
+    hydra_utils.run_and_report = run_and_report
+    try:
+        yield
+    finally:
+        hydra_utils.run_and_report = original

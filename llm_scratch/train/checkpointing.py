@@ -1,0 +1,77 @@
+"""Checkpointing in training: atomic checkpoint files, and the RNG states that make a resumed run
+exact. (Reading checkpoints and choosing which file a run directory means: llm_scratch/checkpoint.py.)
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+
+from llm_scratch.errors import UserError
+from llm_scratch.utils.io import atomic_open
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file in the same folder, fsynced, then renamed over the
+    old one: a crash or a full disk mid-write leaves the previous checkpoint whole. Reads use
+    ``torch.load(weights_only=True)`` unless the caller asks otherwise.
+
+    (Lightning's own ``_atomic_save`` writes through an fsspec transaction, which on a local disk
+    stages the file in the system temp folder and, when that is another file system, copies it
+    into place non-atomically, without an fsync.)
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        if "://" in str(path):  # remote storage: Lightning's fsspec path
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        try:
+            with atomic_open(path, "wb") as f:
+                torch.save(checkpoint, f)
+        except OSError as error:
+            raise UserError(
+                f"Could not write the checkpoint {path} ({error.strerror or error}); the previous "
+                "checkpoint there is kept. Free some disk space, or choose a writable folder with "
+                "paths.log_dir=..., then continue with ckpt_path=<the run directory>."
+            ) from error
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: Any = None):
+        if map_location is None:
+            return super().load_checkpoint(path, weights_only=_weights_only(weights_only))
+        return super().load_checkpoint(path, map_location, weights_only=_weights_only(weights_only))
+
+
+def _weights_only(value: bool | None) -> bool:
+    return True if value is None else value
+
+
+def get_rng_states() -> dict[str, Any]:
+    """torch (CPU and CUDA), numpy and Python RNG states as tensors and plain lists, so that a
+    checkpoint holding them still loads with ``torch.load(weights_only=True)``."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), pos, has_gauss, cached],
+        "python": [version, list(internal), gauss_next],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in states and torch.cuda.is_available():
+        cuda = states["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
