@@ -15,6 +15,7 @@ import torch
 from llm_scratch.checkpoint import load_model
 from llm_scratch.errors import Preempted
 from llm_scratch.model import GPT, GPTConfig
+from llm_scratch.train.module import GPTLightningModule
 from llm_scratch.train.run import train
 from tests.helpers import FAST, compose_config
 
@@ -127,6 +128,28 @@ def test_a_fine_tuned_run_continues_without_its_gpt2_checkpoint(tmp_path, give_i
     assert ckpt["global_step"] == 5
     assert ckpt["hyper_parameters"]["init_from"] == str(gpt2_dir)  # still on record
     assert ckpt["hyper_parameters"]["model"]["n_embd"] == 16  # the fine-tuned architecture
+
+
+def test_load_from_checkpoint_of_a_fine_tuned_run_gives_the_trained_weights(tmp_path):
+    pytest.importorskip("transformers")
+    gpt2_dir = tmp_path / "tiny_gpt2"
+    config = GPTConfig(vocab_size=50257, context_length=64, n_layer=1, n_head=2, n_embd=16)
+    GPT(config).save_hf(gpt2_dir)
+    pretrained = GPT.from_hf(gpt2_dir).state_dict()
+    run = tmp_path / "run"
+    train(compose_config([*FINETUNE, f"init_from={gpt2_dir}", "trainer.max_steps=3"], run))
+    shutil.rmtree(gpt2_dir)  # reloading must not need it
+
+    path = run / "checkpoints" / "last.ckpt"
+    module = GPTLightningModule.load_from_checkpoint(path, weights_only=True)
+    trained = torch.load(path, weights_only=True)["state_dict"]
+    loaded = module.model.state_dict()
+    for key, value in loaded.items():
+        assert torch.equal(value, trained[f"model.{key}"]), key
+    # and the trained weights are not the GPT-2 ones they started from
+    assert not torch.equal(
+        loaded["transformer.h.0.mlp.c_fc.weight"], pretrained["transformer.h.0.mlp.c_fc.weight"]
+    )
 
 
 # ----------------------------------------------------------------------------- no validation

@@ -36,9 +36,11 @@ class GPTLightningModule(L.LightningModule):
         compile: run the model through ``torch.compile`` (the state_dict keys do not change).
         init_from: a Hugging Face GPT-2 checkpoint (directory or hub name) whose weights the
             model starts from (fine-tuning); ``model`` must match its architecture.
-        load_init_weights: load ``init_from``'s weights now; False when the weights come from a
-            checkpoint of the fine-tuned run being continued (``init_from`` is then only
-            recorded, and need not exist any more). Not saved with the hyperparameters.
+        load_init_weights: load ``init_from``'s weights now (the job sets it when a fine-tuning
+            run starts). False by default, so that a module rebuilt from a checkpoint
+            (``load_from_checkpoint``, or continuing a fine-tuned run) takes the trained weights
+            and needs no GPT-2 checkpoint: ``init_from`` is then only on record. Not saved with
+            the hyperparameters.
 
     ``model`` with ``backend: hf_gpt2`` (an :class:`HFGPT2Config`'s fields) trains Hugging Face's
     GPT2LMHeadModel instead of our GPT (see llm_scratch/model/hf_backend.py).
@@ -52,7 +54,7 @@ class GPTLightningModule(L.LightningModule):
         tokenizer: dict[str, Any] | None = None,
         compile: bool = False,
         init_from: str | None = None,
-        load_init_weights: bool = True,
+        load_init_weights: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["load_init_weights"])
