@@ -1,8 +1,9 @@
-"""Write ``report.md`` and its PNG plots for a collected sweep."""
+"""Write ``report.md``, ``report.json`` and the PNG plots for a collected sweep (or run)."""
 
 from __future__ import annotations
 
 import io
+import json
 import math
 import re
 from pathlib import Path
@@ -13,7 +14,18 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
 from llm_scratch.errors import UserError  # noqa: E402
-from llm_scratch.report.collect import JobResult  # noqa: E402
+from llm_scratch.report.collect import BEST_VAL_LOSS, JobResult  # noqa: E402
+from llm_scratch.report.groups import (  # noqa: E402
+    METRICS,
+    Comparison,
+    Group,
+    compare,
+    factor_names,
+    factors,
+    format_p,
+    group_jobs,
+    report_data,
+)
 from llm_scratch.utils.io import atomic_write_bytes, atomic_write_text  # noqa: E402
 
 
@@ -33,26 +45,71 @@ def _ema(values: list[float], alpha: float = 0.2) -> list[float]:
     return out
 
 
-def plot_curves(jobs: list[JobResult], curve: str, title: str, path: Path) -> bool:
-    """One PNG with the ``curve`` ("train" or "val") of every job overlaid; False if no data."""
-    series = [(job, getattr(job, f"{curve}_curve")) for job in jobs]
-    if not any(points for _, points in series):
+def _smoothed(points: list[tuple[int, float]], smooth: bool) -> dict[int, float]:
+    steps = [step for step, _ in points]
+    values = [value for _, value in points]
+    return dict(zip(steps, _ema(values) if smooth else values, strict=True))
+
+
+def _plot_group(ax, group: Group, curve: str, smooth: bool) -> bool:
+    """The group's curve: a single job's as it is (a moving average over the faint raw curve
+    when smoothed); several seeds' mean at each step they all logged, with a band from their
+    minimum to their maximum. True if a band was drawn."""
+    curves = [points for job in group.finished if (points := getattr(job, f"{curve}_curve"))]
+    if not curves:
         return False
-    # long, noisy training curves: a moving average over the faint raw curve
-    smooth = curve == "train" and max(len(points) for _, points in series) > 60
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    for job, points in series:
-        if not points:
-            continue
-        steps, values = zip(*points, strict=True)
+    marker = "o" if max(len(c) for c in curves) < 30 else None
+    if len(curves) == 1:
+        steps, values = zip(*curves[0], strict=True)
         if smooth:
-            line = ax.plot(steps, _ema(list(values)), label=job.label, linewidth=1.5)[0]
+            line = ax.plot(steps, _ema(list(values)), label=group.label, linewidth=1.5)[0]
             ax.plot(steps, values, color=line.get_color(), alpha=0.2, linewidth=0.8)
         else:
-            ax.plot(steps, values, label=job.label, marker="o" if len(values) < 30 else None)
+            ax.plot(steps, values, label=group.label, marker=marker)
+        return False
+    by_step = [_smoothed(points, smooth) for points in curves]
+    steps = sorted(set.intersection(*(set(c) for c in by_step)))
+    if not steps:  # the seeds logged at different steps: no mean to take, show each
+        for job, points in zip(group.finished, curves, strict=False):
+            ax.plot(*zip(*points, strict=True), label=f"{group.label} (job {job.path.name})")
+        return False
+    per_step = [[c[step] for c in by_step] for step in steps]
+    mean = [sum(values) / len(values) for values in per_step]
+    label = f"{group.label} (mean of {len(curves)} seeds)"
+    line = ax.plot(steps, mean, label=label, marker=marker, linewidth=1.5)[0]
+    lows, highs = [min(v) for v in per_step], [max(v) for v in per_step]
+    ax.fill_between(steps, lows, highs, color=line.get_color(), alpha=0.2, linewidth=0)
+    return True
+
+
+def plot_curves(
+    groups: list[Group], unfinished: list[JobResult], curve: str, title: str, path: Path
+) -> bool:
+    """One PNG with the ``curve`` ("train" or "val") of every seed group (its finished jobs)
+    and, dashed, of every job that did not finish; False if no data."""
+    all_curves = [getattr(job, f"{curve}_curve") for g in groups for job in g.jobs]
+    if not any(all_curves):
+        return False
+    # long, noisy training curves: a moving average (over the faint raw curve of a single job)
+    smooth = curve == "train" and max(len(points) for points in all_curves) > 60
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    banded = [_plot_group(ax, group, curve, smooth) for group in groups]
+    for job in unfinished:
+        points = getattr(job, f"{curve}_curve")
+        if points:
+            steps, values = zip(*points, strict=True)
+            ax.plot(steps, values, linestyle="--", label=f"{job.label} (did not finish)")
+    notes = [
+        note
+        for note, used in (
+            ("lines: moving average", smooth),
+            ("bands: min to max over seeds", any(banded)),
+        )
+        if used
+    ]
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy loss")
-    ax.set_title(title + (" (lines: moving average)" if smooth else ""))
+    ax.set_title(title + (f" ({'; '.join(notes)})" if notes else ""), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -67,22 +124,22 @@ def _table(jobs: list[JobResult]) -> list[str]:
     memory_kind = next((j.summary.get("peak_memory_kind") for j in jobs if j.summary), None)
     memory_head = "peak GPU memory (MB)" if memory_kind == "cuda_max_allocated" else "peak RSS (MB)"
     lines = [
-        f"| job | overrides | final train loss | train loss, last epoch | val loss | val ppl "
-        f"| tokens/s | {memory_head} | parameters | wall time (s) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| job | overrides | final train loss | train loss, last epoch | val loss | best val loss "
+        f"| val ppl | tokens/s | {memory_head} | parameters | wall time (s) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for job in jobs:
         if not job.finished:
             lines.append(
                 f"| {job.path.name} | {job.label} | {_fmt(job.last('train'))} | | "
-                f"{_fmt(job.last('val'))} | | | | | did not finish |"
+                f"{_fmt(job.last('val'))} | | | | | | did not finish |"
             )
             continue
         s = job.summary
         lines.append(
             f"| {job.path.name} | {job.label} | {_fmt(job.last('train'))} "
             f"| {_fmt(job.metric('train/epoch_loss'))} | {_fmt(job.metric('val/loss'))} "
-            f"| {_fmt(job.metric('val/ppl'), 1)} | {_fmt(s.get('tokens_per_sec'), 0)} "
+            f"| {_fmt(job.value(BEST_VAL_LOSS))} | {_fmt(job.metric('val/ppl'), 1)} | {_fmt(s.get('tokens_per_sec'), 0)} "
             f"| {_fmt(s.get('peak_memory_mb'), 0)} | {s.get('num_params', 0):,} "
             f"| {_fmt(s.get('wall_time_s'), 0)} |"
         )
@@ -106,13 +163,140 @@ def _samples(jobs: list[JobResult]) -> list[str]:
     return lines
 
 
+def _unfinished_section(jobs: list[JobResult], single_run: bool) -> list[str]:
+    unfinished = [job for job in jobs if not job.finished]
+    if not unfinished:
+        return []
+    if single_run:
+        lines = [
+            "## ⚠ The run has not finished",
+            "",
+            "It wrote no summary.json (it failed, was stopped, or is still running). The curves "
+            "below are what it logged so far.",
+        ]
+    elif len(unfinished) == len(jobs):
+        lines = [
+            "## ⚠ No job has finished",
+            "",
+            "No job wrote its summary.json (they failed, were stopped, or are still running): "
+            "there are no final figures to pool or compare. The curves below are what the jobs "
+            "logged so far.",
+        ]
+    else:
+        lines = [
+            f"## ⚠ Jobs that did not finish ({len(unfinished)} of {len(jobs)})",
+            "",
+            "These jobs wrote no summary.json (they failed, were stopped, or are still "
+            "running). Their groups below pool only the seeds that finished, and the "
+            "comparisons pool fewer jobs at their levels.",
+        ]
+    lines += ["", "| job | overrides | last line of its job_output.log |", "| --- | --- | --- |"]
+    for job in unfinished:
+        last = job.last_output_line or "–"
+        last = last.replace("`", "'").replace("|", "\\|")  # stays one code span, one cell
+        lines.append(f"| {job.path.name} | {job.label} | `{last}` |")
+    if any(not job.overrides_known for job in unfinished):
+        lines += ["", "A job whose overrides are unknown is in no group."]
+    return [*lines, ""]
+
+
+def _values_cell(values: list[float | None], seeds: list) -> str:
+    return ", ".join(f"{_fmt(v)} (seed {seed})" for v, seed in zip(values, seeds, strict=True))
+
+
+def _interval_cell(ci: tuple[float, float] | None, digits: int = 3) -> str:
+    return f"{ci[0]:.{digits}f} to {ci[1]:.{digits}f}" if ci else "–"
+
+
+def _groups_section(groups: list[Group]) -> list[str]:
+    lines = [
+        "## Groups: seeds pooled",
+        "",
+        "A group is the jobs whose overrides differ only in `seed`. n: its finished jobs with the metric; mean "
+        "and sd (sample standard deviation, n − 1) of their values; 95% CI of the mean: "
+        "Student's t with n − 1 degrees of freedom (none for a group of one).",
+        "",
+    ]
+    for metric, meaning in METRICS.items():
+        lines += [
+            f"### {metric}: {meaning}",
+            "",
+            "| group | n | mean | sd | 95% CI of the mean | values |",
+            "| --- | ---: | ---: | ---: | --- | --- |",
+        ]
+        for group in groups:
+            stats = group.describe(metric)
+            lines.append(
+                f"| {group.label} | {stats.n} | {_fmt(stats.mean)} "
+                f"| {_fmt(stats.std)} | {_interval_cell(stats.ci95)} "
+                f"| {_values_cell(group.values(metric), group.seeds) or '–'} |"
+            )
+        lines.append("")
+    return lines
+
+
+def _comparisons_section(groups: list[Group], comparisons: list[Comparison]) -> list[str]:
+    lines = ["## Comparisons: which differences are larger than seed noise", ""]
+    varied = factors(groups)
+    if not varied:
+        return [*lines, "The jobs differ only in seed: one setting, nothing to compare.", ""]
+    names = factor_names(varied)
+    lines += [
+        "For each factor the sweep varies, its first level as listed (the baseline, b) against "
+        "each other level (a): a − b is the difference of their means, each finished job (one "
+        "seed of one setting) counting once; 95% CI: Welch's interval (Welch–Satterthwaite "
+        "degrees of freedom); p: Welch's two-sided t-test. Where the interval contains 0, the "
+        "difference is not distinguishable from seed noise. An interval needs at least 2 "
+        "values on each side.",
+        "",
+    ]
+    if len(varied) > 1:
+        lines += [
+            f"The sweep varies {len(varied)} factors "
+            f"({', '.join(f'`{names[k]}`' for k in varied)}): each comparison pools all jobs at "
+            "a level over the other factors' levels, so in a factorial grid it is that factor's "
+            "main effect, and the other factors' effects count as noise (a wider interval).",
+            "",
+        ]
+    for key, levels in varied.items():
+        if len(levels) > 2:
+            lines += [
+                f"`{names[key]}` has {len(levels)} levels: each is compared with the baseline "
+                f"`{names[key]}={levels[0]}`, the first listed.",
+                "",
+            ]
+    for metric, meaning in METRICS.items():
+        of_metric = [c for c in comparisons if c.metric == metric]
+        lines += [f"### {metric}: {meaning}", ""]
+        lines += [f"- {c.verdict}" for c in of_metric]
+        lines += [
+            "",
+            "| factor | a | b (baseline) | a − b | 95% CI | p | n a | n b |",
+            "| --- | --- | --- | ---: | --- | ---: | ---: | ---: |",
+        ]
+        for c in of_metric:
+            p_cell = format_p(c.p_value)[2:].removeprefix("= ") if c.p_value is not None else "–"
+            diff_cell = f"{c.diff:+.3f}" if c.diff is not None else "–"
+            lines.append(
+                f"| {c.factor_name} | {c.a} | {c.b} | {diff_cell} | {_interval_cell(c.ci95)} "
+                f"| {p_cell} | {c.n_a} | {c.n_b} |"
+            )
+        lines.append("")
+    return lines
+
+
 def write_report(
-    jobs: list[JobResult], shared: list[str], out_dir: Path, title: str = "Sweep report"
+    jobs: list[JobResult],
+    shared: list[str],
+    out_dir: Path,
+    title: str = "Sweep report",
+    single_run: bool = False,
 ) -> Path:
-    """Write ``report.md``, ``train_loss.png`` and ``val_loss.png`` into ``out_dir``; a
-    :class:`UserError` when ``out_dir`` cannot be created or written."""
+    """Write ``report.md``, ``report.json``, ``train_loss.png`` and ``val_loss.png`` into
+    ``out_dir`` (for ``single_run``, worded as one run's report, without groups and
+    comparisons); a :class:`UserError` when ``out_dir`` cannot be created or written."""
     try:
-        return _write_report(jobs, shared, out_dir, title)
+        return _write_report(jobs, shared, out_dir, title, single_run)
     except OSError as error:
         where = error.filename if error.filename is not None else out_dir
         reason = error.strerror or str(error)
@@ -124,24 +308,62 @@ def write_report(
         ) from error
 
 
-def _write_report(jobs: list[JobResult], shared: list[str], out_dir: Path, title: str) -> Path:
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _write_report(
+    jobs: list[JobResult], shared: list[str], out_dir: Path, title: str, single_run: bool
+) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
+    groups = group_jobs(jobs)
+    comparisons = compare(groups)
+    unfinished = [job for job in jobs if not job.finished]
     lines = [f"# {title}", ""]
-    if shared:
-        lines += [f"Settings shared by all jobs: `{' '.join(shared)}`", ""]
+    if single_run:
+        overrides = " ".join(jobs[0].overrides) or "none"
+        lines += [f"1 job: the run in `{jobs[0].path}`. Its overrides: `{overrides}`.", ""]
+    else:
+        if shared:
+            lines += [f"Settings shared by all jobs: `{' '.join(shared)}`", ""]
+        finished = f"{len(unfinished)} did not finish" if unfinished else "all finished"
+        lines += [
+            f"{_count(len(jobs), 'job')} in {_count(len(groups), 'group')} (jobs that differ "
+            f"only in `seed`); {finished}. Figures, statistics and verdicts as data: "
+            "`report.json`.",
+            "",
+        ]
+    lines += _unfinished_section(jobs, single_run)
+    if not single_run and len(unfinished) < len(jobs):
+        lines += _groups_section(groups)
+        lines += _comparisons_section(groups, comparisons)
     lines += [
+        "## Run" if single_run else "## Jobs",
+        "",
         "Final train loss: the last logged training batch; train loss, last epoch: its "
-        "token-weighted mean over the last epoch; val ppl = exp(val loss). Tokens/s: over the "
-        "whole training, validation included.",
+        "token-weighted mean over the last epoch; best val loss: the lowest validation; val "
+        "ppl = exp(val loss). Tokens/s: over the whole training, validation included.",
         "",
         *_table(jobs),
         "",
     ]
-    if plot_curves(jobs, "train", "Training loss", out_dir / "train_loss.png"):
+    plotted = False
+    if plot_curves(groups, unfinished, "train", "Training loss", out_dir / "train_loss.png"):
         lines += ["![training loss](train_loss.png)", ""]
-    if plot_curves(jobs, "val", "Validation loss", out_dir / "val_loss.png"):
+        plotted = True
+    if plot_curves(groups, unfinished, "val", "Validation loss", out_dir / "val_loss.png"):
         lines += ["![validation loss](val_loss.png)", ""]
+        plotted = True
+    if plotted and not single_run:
+        lines += [
+            "Curves: one per group, the mean over its seeds at each step with a band from their "
+            "minimum to their maximum (a group of one seed: its own curve, no band); dashed: a "
+            "job that did not finish.",
+            "",
+        ]
     lines += ["## Samples", "", *_samples(jobs), ""]
+    data = report_data(jobs, groups, comparisons)
+    atomic_write_text(out_dir / "report.json", json.dumps(data, indent=2, allow_nan=False) + "\n")
     path = out_dir / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path
