@@ -1,0 +1,1 @@
+"""Small helpers below every other package: atomic file writes (io.py), peak FLOP/s (flops.py)."""
