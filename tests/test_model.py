@@ -450,6 +450,104 @@ def test_generate_restores_mode_and_validates_args():
             model.generate(idx, **{"max_new_tokens": 3, **kwargs})
 
 
+# ---------------------------------------------------------------- padding masks
+
+
+def left_pad(rows: list[torch.Tensor], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows left-padded to the longest with random tokens (so padding that leaks shows), and
+    the mask: 1 for the real tokens, 0 for the padding."""
+    gen = torch.Generator().manual_seed(seed)
+    T = max(len(r) for r in rows)
+    idx = torch.randint(0, 32, (len(rows), T), generator=gen)
+    mask = torch.zeros(len(rows), T, dtype=torch.long)
+    for b, row in enumerate(rows):
+        idx[b, T - len(row) :] = row
+        mask[b, T - len(row) :] = 1
+    return idx, mask
+
+
+@pytest.mark.parametrize("attention", ["fused", "loop"])
+@pytest.mark.parametrize("pre_norm", [True, False])
+def test_left_padded_logits_equal_each_sequence_alone(attention, pre_norm):
+    model = tiny_model(attention=attention, pre_norm=pre_norm)
+    rows = [torch.randint(0, 32, (n,)) for n in (5, 16, 1, 9)]
+    idx, mask = left_pad(rows)
+    with torch.no_grad():
+        logits, _ = model(idx, attention_mask=mask)
+        assert torch.isfinite(logits).all()  # padded queries too: no softmax over nothing
+        for b, row in enumerate(rows):
+            alone, _ = model(row[None])
+            torch.testing.assert_close(logits[b, -len(row) :], alone[0], rtol=0, atol=1e-5)
+        # a mask of ones is no mask
+        torch.testing.assert_close(
+            model(idx, attention_mask=torch.ones_like(mask))[0], model(idx)[0], rtol=0, atol=1e-6
+        )
+        with pytest.raises(ValueError, match="attention_mask has shape"):
+            model(idx, attention_mask=mask[:, 1:])
+
+
+@pytest.mark.parametrize("attention", ["fused", "loop"])
+def test_right_padding_needs_no_mask_at_the_real_positions(attention):
+    # Training batches are right-padded: causal attention never sees the padding after a real
+    # token and every row starts at position 0, so the masked and unmasked logits agree there.
+    model = tiny_model(attention=attention)
+    lengths = (4, 11, 7)
+    idx = torch.randint(0, 32, (3, 11))
+    mask = torch.tensor([[1] * n + [0] * (11 - n) for n in lengths])
+    with torch.no_grad():
+        masked, _ = model(idx, attention_mask=mask)
+        plain, _ = model(idx)
+    for b, n in enumerate(lengths):
+        torch.testing.assert_close(masked[b, :n], plain[b, :n], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["fused", "loop"])
+def test_kv_cache_with_padding_matches_the_masked_forward(attention):
+    model = tiny_model(attention=attention)
+    rows = [torch.randint(0, 32, (n,)) for n in (3, 8, 6)]
+    prompt, mask = left_pad(rows)  # (3, 8)
+    extra = torch.randint(0, 32, (3, 5))  # real tokens fed after the prompt
+    full_mask = torch.cat([mask, torch.ones_like(extra)], dim=1)
+    with torch.no_grad():
+        full, _ = model(torch.cat([prompt, extra], dim=1), attention_mask=full_mask)
+        cache = KVCache(model.config.n_layer, model.config.context_length)
+        pieces = [model(prompt, attention_mask=mask, kv_cache=cache)[0]]
+        pieces.append(model(extra[:, :2], kv_cache=cache)[0])  # several tokens after the cache
+        pieces += [model(extra[:, t : t + 1], kv_cache=cache)[0] for t in range(2, 5)]
+        assert cache.masked and cache.length == 13
+        torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=0, atol=1e-5)
+        for b, row in enumerate(rows):  # and each row's real positions are the row alone
+            alone, _ = model(torch.cat([row, extra[b]])[None])
+            n = len(row) + 5
+            torch.testing.assert_close(full[b, -n:], alone[0], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["fused", "loop"])
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_greedy_left_padded_batch_equals_each_prompt_alone(trained_state, attention, use_cache):
+    model = trained_model(trained_state, attention)
+    cyc = trained_state[2]
+    rows = [cyc[0:3], cyc[7:15], cyc[20:26], cyc[40:41]]
+    idx, mask = left_pad(rows, seed=1)
+    # 30 new tokens: every row runs past the 16-token context, so the window slides (and the
+    # cache refills) with padding inside it for the shorter rows
+    out = model.generate(idx, 30, temperature=0.0, attention_mask=mask, use_cache=use_cache)
+    assert out.shape == (4, 8 + 30)
+    assert torch.equal(out[:, :8], idx)
+    for b, row in enumerate(rows):
+        alone = model.generate(row[None], 30, temperature=0.0, use_cache=use_cache)
+        assert len(set(alone[0, len(row) :].tolist())) > 5  # a varied continuation
+        assert torch.equal(out[b, 8:], alone[0, len(row) :]), b
+
+
+def test_generate_refuses_a_right_padded_prompt():
+    model = tiny_model()
+    idx = torch.randint(0, 32, (2, 5))
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    with pytest.raises(ValueError, match="pad on the left"):
+        model.generate(idx, 3, attention_mask=mask)
+
+
 # ---------------------------------------------------------------- initialisation
 
 

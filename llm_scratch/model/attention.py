@@ -1,8 +1,14 @@
-"""Causal self-attention, two ways (fused and per-head loop), and the KV cache for decoding.
+"""Causal self-attention, two ways (fused and per-head loop), the KV cache for decoding, and
+the masks and positions of padded batches.
 
 Both implementations own exactly the same parameters, ``c_attn`` (the q, k, v projections
 stacked into one Linear) and ``c_proj`` (the output projection), and no persistent buffers,
 so a state_dict saved from one loads into the other and gives the same outputs.
+
+Padding: an ``attention_mask`` (B, T), 1 for real tokens and 0 for padding, becomes one boolean
+(B, 1, T, t_k) mask (:func:`padding_attention_mask`) that both implementations apply, and
+positions counted from each row's first real token (:func:`positions_from_mask`). Without an
+attention mask nothing of this runs: the plain causal path is today's, kernel for kernel.
 """
 
 import math
@@ -32,6 +38,32 @@ class KVCache:
         self._keys: list[Tensor | None] = [None] * n_layer
         self._values: list[Tensor | None] = [None] * n_layer
         self._lengths = [0] * n_layer
+        # (B, max_length) bool, True for the real tokens; allocated by the first padded step
+        # only, so an unpadded cache does no mask work at all
+        self._mask: Tensor | None = None
+
+    @property
+    def masked(self) -> bool:
+        """Whether the cache holds a padded batch: then every later step needs the key mask."""
+        return self._mask is not None
+
+    def extend_mask(self, new: Tensor) -> Tensor:
+        """Record the mask (B, T) of the T tokens about to be added at position ``length``;
+        return the mask of all the keys they will see (B, length + T).
+
+        Called once per forward pass, before the layers add their keys and values. The tokens
+        already cached without a mask were all real.
+        """
+        start, (B, T) = self.length, new.shape
+        if start + T > self.max_length:
+            raise ValueError(
+                f"KV cache holds {start} tokens, {T} more would exceed its "
+                f"max_length={self.max_length}: start a new cache"
+            )
+        if self._mask is None:
+            self._mask = torch.ones(B, self.max_length, dtype=torch.bool, device=new.device)
+        self._mask[:, start : start + T] = new
+        return self._mask[:, : start + T]
 
     @property
     def length(self) -> int:
@@ -73,6 +105,43 @@ def causal_mask(t_q: int, t_k: int, device: torch.device | None = None) -> Tenso
     return torch.ones(t_q, t_k, dtype=torch.bool, device=device).tril(diagonal=t_k - t_q)
 
 
+def padding_attention_mask(key_mask: Tensor, t_q: int) -> Tensor:
+    """Boolean (B, 1, t_q, t_k) mask for the last t_q of the t_k keys (right-aligned, as
+    :func:`causal_mask`), True where a query may attend: causal, and never to a padded key.
+
+    A query also always sees its own position, padded or not: a padded query at the start of
+    a left-padded row would otherwise see no key at all, and its softmax over nothing gives NaN,
+    which the next layer's keys would carry into the real positions. Real queries always see
+    their own (real) key anyway, so this changes nothing for them.
+    """
+    B, t_k = key_mask.shape
+    device = key_mask.device
+    own = torch.arange(t_k, device=device)[None, :] == (
+        torch.arange(t_q, device=device)[:, None] + (t_k - t_q)
+    )
+    allowed = causal_mask(t_q, t_k, device)[None] & (key_mask[:, None, :] | own[None])
+    return allowed[:, None]  # one mask for every head
+
+
+def real_tokens(idx: Tensor, attention_mask: Tensor | None) -> Tensor:
+    """``attention_mask`` (B, T) as booleans, True for real tokens (all of them when None);
+    a mask of another shape than idx is a ValueError."""
+    if attention_mask is None:
+        return torch.ones(idx.shape, dtype=torch.bool, device=idx.device)
+    if attention_mask.shape != idx.shape:
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)} but idx has "
+            f"{tuple(idx.shape)}: give one 1 (real) or 0 (padding) per token"
+        )
+    return attention_mask.to(device=idx.device) != 0
+
+
+def positions_from_mask(key_mask: Tensor, t_q: int) -> Tensor:
+    """Positions (B, t_q) of the last t_q tokens, counted from each row's first real token (a
+    left-padded row then gets the positions it has alone); padding gets position 0."""
+    return (key_mask.long().cumsum(dim=1) - 1).clamp(min=0)[:, key_mask.size(1) - t_q :]
+
+
 class CausalSelfAttention(nn.Module):
     """Parameters and output projection shared by both implementations."""
 
@@ -86,18 +155,30 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> Tensor:
-        y = self.attend(x, kv_cache, layer)  # (B, T, C), heads side by side
+    def forward(
+        self,
+        x: Tensor,
+        kv_cache: KVCache | None = None,
+        layer: int = 0,
+        attn_mask: Tensor | None = None,
+    ) -> Tensor:
+        """``attn_mask``: None for plain causal attention, else the (B, 1, T, t_k) boolean mask
+        of :func:`padding_attention_mask` (causal structure included)."""
+        y = self.attend(x, kv_cache, layer, attn_mask)  # (B, T, C), heads side by side
         return self.resid_dropout(self.c_proj(y))
 
-    def attend(self, x: Tensor, kv_cache: KVCache | None, layer: int) -> Tensor:
+    def attend(
+        self, x: Tensor, kv_cache: KVCache | None, layer: int, attn_mask: Tensor | None
+    ) -> Tensor:
         raise NotImplementedError
 
 
 class FusedCausalSelfAttention(CausalSelfAttention):
     """All heads at once: one qkv matmul and one scaled_dot_product_attention call."""
 
-    def attend(self, x: Tensor, kv_cache: KVCache | None, layer: int) -> Tensor:
+    def attend(
+        self, x: Tensor, kv_cache: KVCache | None, layer: int, attn_mask: Tensor | None
+    ) -> Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         # (B, T, C) -> (B, n_head, T, head_dim): heads become a batch dimension
@@ -108,7 +189,9 @@ class FusedCausalSelfAttention(CausalSelfAttention):
             k, v = kv_cache.update(layer, k, v)
         t_k = k.size(2)
         dropout_p = self.dropout if self.training else 0.0
-        if t_k == T:  # no cache (or an empty one): the plain causal mask
+        if attn_mask is not None:  # a padded batch: the mask holds the causal structure too
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+        elif t_k == T:  # no cache (or an empty one): the plain causal mask
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         elif T == 1:  # one new token after the cache: it may see every key, no mask needed
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
@@ -129,16 +212,20 @@ class LoopCausalSelfAttention(CausalSelfAttention):
         super().__init__(config)
         self.attn_dropout = nn.Dropout(config.dropout)
 
-    def attend(self, x: Tensor, kv_cache: KVCache | None, layer: int) -> Tensor:
+    def attend(
+        self, x: Tensor, kv_cache: KVCache | None, layer: int, attn_mask: Tensor | None
+    ) -> Tensor:
         B, T, C = x.shape
         hd = self.head_dim
         w = self.c_attn.weight.view(3, self.n_head, hd, C)  # [q|k|v, head, out, in]
         b = None if self.c_attn.bias is None else self.c_attn.bias.view(3, self.n_head, hd)
         past = kv_cache.get(layer) if kv_cache is not None else None
         t_k = T + (0 if past is None else past[0].size(2))
-        # additive mask: 0 where allowed, -inf where the key is in the query's future
-        mask = torch.zeros(T, t_k, dtype=x.dtype, device=x.device)
-        mask = mask.masked_fill(~causal_mask(T, t_k, x.device), float("-inf"))
+        # additive mask: 0 where allowed, -inf where the key is in the query's future (or,
+        # in a padded batch, padding): (T, t_k), or (B, T, t_k) for a padded batch
+        allowed = causal_mask(T, t_k, x.device) if attn_mask is None else attn_mask[:, 0]
+        mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device)
+        mask = mask.masked_fill(~allowed, float("-inf"))
 
         heads, new_k, new_v = [], [], []
         for h in range(self.n_head):

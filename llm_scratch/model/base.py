@@ -3,8 +3,8 @@
 Our :class:`~llm_scratch.model.gpt.GPT` and the Hugging Face backend
 (:class:`~llm_scratch.model.hf_backend.HFGPT2`) both derive from :class:`LanguageModel` and
 implement its small public interface: ``config`` (``vocab_size``, ``context_length``,
-``n_layer``, ``n_embd``), ``hidden_states(idx, kv_cache=None)``, ``lm_head`` and
-``position_embedding``. Everything here is written in terms of those.
+``n_layer``, ``n_embd``), ``hidden_states(idx, kv_cache=None, attention_mask=None)``,
+``lm_head`` and ``position_embedding``. Everything here is written in terms of those.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from llm_scratch.model.attention import KVCache
+from llm_scratch.model.attention import KVCache, real_tokens
 
 
 class LanguageModel(nn.Module):
@@ -34,8 +34,14 @@ class LanguageModel(nn.Module):
     # states into logits, and ``position_embedding``, the learned position table that
     # num_params(non_embedding=True) leaves out.
 
-    def hidden_states(self, idx: Tensor, kv_cache: KVCache | None = None) -> Tensor:
-        """The final hidden states (B, T, n_embd) that the LM head turns into logits."""
+    def hidden_states(
+        self,
+        idx: Tensor,
+        kv_cache: KVCache | None = None,
+        attention_mask: Tensor | None = None,
+    ) -> Tensor:
+        """The final hidden states (B, T, n_embd) that the LM head turns into logits;
+        ``attention_mask`` (B, T) marks real tokens 1 and padding 0 (see GPT.forward)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------------------- sampling
@@ -50,8 +56,14 @@ class LanguageModel(nn.Module):
         eos_id: int | None = None,
         use_cache: bool = True,
         generator: torch.Generator | None = None,
+        attention_mask: Tensor | None = None,
     ) -> Tensor:
         """Extend each prompt in idx (B, T) by up to max_new_tokens tokens; return (B, T + n).
+
+        Prompts of different lengths go in one batch left-padded, with ``attention_mask`` (B, T)
+        1 for real tokens and 0 for the padding before them: padding is never attended to and
+        positions count from each row's first real token, so greedy decoding gives every row the
+        tokens its prompt gets alone. The new tokens are all real.
 
         temperature=0 picks the most likely token (greedy); otherwise tokens are sampled from
         softmax(logits / temperature), optionally restricted to the top_k most likely tokens
@@ -75,13 +87,29 @@ class LanguageModel(nn.Module):
             raise ValueError(f"top_p={top_p} must satisfy 0 < top_p <= 1 (or be None)")
         if eos_id is not None and not 0 <= eos_id < self.config.vocab_size:
             raise ValueError(f"eos_id={eos_id} is not a token id in [0, {self.config.vocab_size})")
+        if attention_mask is not None:
+            attention_mask = real_tokens(idx, attention_mask)
+            # new tokens follow each row's last token: a padded last token would be continued
+            if not bool(attention_mask[:, -1].all()):
+                raise ValueError(
+                    "attention_mask pads a prompt at its end: pad on the left, so that every "
+                    "row's last token is real"
+                )
 
         was_training = self.training
         self.eval()
         try:
             use_cache = use_cache and self.supports_kv_cache
             return self._sample_loop(
-                idx, max_new_tokens, temperature, top_k, top_p, eos_id, use_cache, generator
+                idx,
+                max_new_tokens,
+                temperature,
+                top_k,
+                top_p,
+                eos_id,
+                use_cache,
+                generator,
+                attention_mask,
             )
         finally:
             self.train(was_training)
@@ -96,13 +124,17 @@ class LanguageModel(nn.Module):
         eos_id: int | None,
         use_cache: bool,
         generator: torch.Generator | None,
+        mask: Tensor | None,
     ) -> Tensor:
         ctx = self.config.context_length
         finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         cache: KVCache | None = None
+        # A left-padded row cropped to the last ctx tokens is its own last ctx tokens, or all of
+        # it after some padding: the crop below means for each row what it means alone.
         for _ in range(max_new_tokens):
-            if not use_cache:
-                hidden = self.hidden_states(idx[:, -ctx:])  # crop to the context window
+            window_mask = None if mask is None else mask[:, -ctx:]
+            if not use_cache:  # crop to the context window
+                hidden = self.hidden_states(idx[:, -ctx:], attention_mask=window_mask)
             elif cache is None or cache.length >= ctx:
                 # (Re)fill the cache from the last ctx tokens. Positions are learned and
                 # absolute, so once the window slides every cached key/value was computed at
@@ -110,8 +142,10 @@ class LanguageModel(nn.Module):
                 # re-run the whole cropped window. That keeps the result exactly what the
                 # uncached path computes; past context_length it just stops saving work.
                 cache = KVCache(self.config.n_layer, ctx)
-                hidden = self.hidden_states(idx[:, -ctx:], kv_cache=cache)
-            else:  # feed only the newest token, at position cache.length
+                hidden = self.hidden_states(
+                    idx[:, -ctx:], kv_cache=cache, attention_mask=window_mask
+                )
+            else:  # feed only the newest token (the cache knows any padding before it)
                 hidden = self.hidden_states(idx[:, -1:], kv_cache=cache)
 
             # Only the last position's logits are needed: one row of the LM head, not T.
@@ -121,6 +155,8 @@ class LanguageModel(nn.Module):
                 next_id = torch.where(finished, torch.full_like(next_id, eos_id), next_id)
                 finished |= next_id == eos_id
             idx = torch.cat([idx, next_id[:, None]], dim=1)
+            if mask is not None:
+                mask = torch.cat([mask, mask.new_ones(mask.size(0), 1)], dim=1)
             if eos_id is not None and bool(finished.all()):
                 break
         return idx

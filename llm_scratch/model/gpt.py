@@ -15,7 +15,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from llm_scratch.model import hf
-from llm_scratch.model.attention import KVCache, build_attention
+from llm_scratch.model.attention import (
+    KVCache,
+    build_attention,
+    padding_attention_mask,
+    positions_from_mask,
+    real_tokens,
+)
 from llm_scratch.model.base import LanguageModel
 from llm_scratch.model.config import GPTConfig
 
@@ -43,12 +49,18 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        kv_cache: KVCache | None = None,
+        layer: int = 0,
+        attn_mask: Tensor | None = None,
+    ) -> Tensor:
         if self.pre_norm:  # GPT-2: normalise the input of each sublayer
-            x = x + self.attn(self.ln_1(x), kv_cache, layer)
+            x = x + self.attn(self.ln_1(x), kv_cache, layer, attn_mask)
             x = x + self.mlp(self.ln_2(x))
         else:  # "Attention Is All You Need": normalise after each residual sum
-            x = self.ln_1(x + self.attn(x, kv_cache, layer))
+            x = self.ln_1(x + self.attn(x, kv_cache, layer, attn_mask))
             x = self.ln_2(x + self.mlp(x))
         return x
 
@@ -119,20 +131,33 @@ class GPT(LanguageModel):
                 nn.init.zeros_(self.transformer.ln_f.bias)
 
     def forward(
-        self, idx: Tensor, targets: Tensor | None = None, kv_cache: KVCache | None = None
+        self,
+        idx: Tensor,
+        targets: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        kv_cache: KVCache | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Logits (B, T, vocab_size) for token ids idx (B, T), and the mean cross-entropy
-        against targets (B, T) if given (positions with target -100 are ignored).
+        against targets (B, T) if given (positions with target -100 are ignored; give padding
+        the target -100).
 
-        With a kv_cache, idx holds only the new tokens; they are placed after the cached ones.
+        ``attention_mask`` (B, T): 1 for real tokens, 0 for padding. Padded positions are never
+        attended to, and each row's positions count from its first real token, so a padded
+        row's logits at its real positions are those of the row alone. With a kv_cache, idx
+        (and the mask) hold only the new tokens; they are placed after the cached ones.
         """
-        logits = self.lm_head(self.hidden_states(idx, kv_cache))
+        logits = self.lm_head(self.hidden_states(idx, kv_cache, attention_mask))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
         return logits, loss
 
-    def hidden_states(self, idx: Tensor, kv_cache: KVCache | None = None) -> Tensor:
+    def hidden_states(
+        self,
+        idx: Tensor,
+        kv_cache: KVCache | None = None,
+        attention_mask: Tensor | None = None,
+    ) -> Tensor:
         """The final hidden states (B, T, n_embd) that the LM head turns into logits."""
         if idx.dim() != 2:
             raise ValueError(f"idx must have shape (batch, time), got {tuple(idx.shape)}")
@@ -150,10 +175,18 @@ class GPT(LanguageModel):
                 f"KV cache holds {start} tokens, {T} more would exceed context_length={ctx}: "
                 f"start a new cache from the last {ctx} tokens"
             )
-        pos = torch.arange(start, start + T, device=idx.device)  # absolute positions
+        attn_mask = None
+        if attention_mask is None and (kv_cache is None or not kv_cache.masked):
+            pos = torch.arange(start, start + T, device=idx.device)  # absolute positions
+        else:  # a padded batch: one mask for every layer, positions per row
+            key_mask = real_tokens(idx, attention_mask)
+            if kv_cache is not None:  # the cached keys' mask, then these tokens'
+                key_mask = kv_cache.extend_mask(key_mask)
+            pos = positions_from_mask(key_mask, T)  # (B, T)
+            attn_mask = padding_attention_mask(key_mask, T)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, kv_cache, layer)
+            x = block(x, kv_cache, layer, attn_mask)
         if self.config.pre_norm:
             x = self.transformer.ln_f(x)
         return x

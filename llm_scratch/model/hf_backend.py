@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from llm_scratch.model.attention import positions_from_mask, real_tokens
 from llm_scratch.model.base import LanguageModel
 from llm_scratch.model.config import GPTConfig
 from llm_scratch.model.hf import gpt2_config, require_transformers
@@ -87,13 +88,17 @@ class HFGPT2(LanguageModel):
         self.config = config
         self.hf = transformers.GPT2LMHeadModel(config.to_hf())  # GPT-2's own initialisation
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, idx: Tensor, targets: Tensor | None = None, attention_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """As :meth:`GPT.forward`; the padding mask and per-row positions go to HF's model."""
+        padding = _padding_inputs(idx, attention_mask)
         if self.config.label_shift == "double" and targets is not None:
             # The mistake: targets are already x shifted by one, and HF shifts them again, so
             # logits[:, t] is scored against x[:, t + 2].
-            out = self.hf(input_ids=idx, labels=targets, use_cache=False)
+            out = self.hf(input_ids=idx, labels=targets, use_cache=False, **padding)
             return out.logits, out.loss
-        logits = self.hf(input_ids=idx, use_cache=False).logits
+        logits = self.hf(input_ids=idx, use_cache=False, **padding).logits
         loss = None
         if targets is not None:
             loss = F.cross_entropy(
@@ -101,9 +106,12 @@ class HFGPT2(LanguageModel):
             )
         return logits, loss
 
-    def hidden_states(self, idx: Tensor, kv_cache: None = None) -> Tensor:
+    def hidden_states(
+        self, idx: Tensor, kv_cache: None = None, attention_mask: Tensor | None = None
+    ) -> Tensor:
         """The final hidden states (after ln_f), as :meth:`GPT.hidden_states`."""
-        return self.hf.transformer(input_ids=idx, use_cache=False).last_hidden_state
+        padding = _padding_inputs(idx, attention_mask)
+        return self.hf.transformer(input_ids=idx, use_cache=False, **padding).last_hidden_state
 
     @property
     def lm_head(self) -> nn.Module:
@@ -112,3 +120,12 @@ class HFGPT2(LanguageModel):
     @property
     def position_embedding(self) -> nn.Embedding:
         return self.hf.transformer.wpe
+
+
+def _padding_inputs(idx: Tensor, attention_mask: Tensor | None) -> dict[str, Tensor]:
+    """GPT2Model's arguments for a padded batch: its attention_mask, and position_ids counted
+    from each row's first real token as our GPT counts them; none without a mask."""
+    if attention_mask is None:
+        return {}
+    mask = real_tokens(idx, attention_mask)
+    return {"attention_mask": mask.long(), "position_ids": positions_from_mask(mask, idx.size(1))}
