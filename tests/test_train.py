@@ -15,7 +15,7 @@ from llm_scratch.errors import UserError
 from llm_scratch.model import GPTConfig
 from llm_scratch.train.run import train
 from llm_scratch.train.validate import validate_config
-from tests.helpers import FAST, REPO, compose_config, option_names
+from tests.helpers import FAST, REPO, compose_config, option_names, run_cli
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, str]]:
@@ -236,3 +236,14 @@ def test_step_options_count_optimizer_steps_under_gradient_accumulation(
     tokens_per_step = 2 * batch * context
     assert logged == [(3, 3 * tokens_per_step), (6, 6 * tokens_per_step)]
     assert checked_at == [3, 6]
+
+
+def test_help_shows_the_projects_text_groups_and_defaults():
+    result = run_cli("training/run_experiment.py", "--help", "model=gpt-nano")
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert "train a GPT from scratch, or sweep ablations with -m" in out
+    groups = dict(line.split(": ", 1) for line in out.splitlines() if line.startswith("model: "))
+    assert set(groups["model"].split(", ")) >= {"gpt2", "gpt-mini", "gpt-nano", "hf_gpt2"}
+    # the composed config, with the override applied: the preset's sizes and every default
+    assert "  n_layer: 3\n" in out and "  n_embd: 48\n" in out and "seed: 1337\n" in out

@@ -9,7 +9,7 @@ Registered in Hydra's ConfigStore (``register_configs``, called before every com
 - ``model=<preset>``: one option per entry of :data:`llm_scratch.model.PRESETS`, typed as
   :class:`GPTConfig` (so ``GPTConfig.from_name`` and ``model=<preset>`` agree field for field);
   in training, ``vocab_size`` comes from the tokenizer and ``context_length`` from the data.
-  ``model/hf_gpt2_schema`` types ``configs/model/hf_gpt2.yaml``.
+  ``schema/model/hf_gpt2`` types ``configs/model/hf_gpt2.yaml``.
 - ``experiment=ablation_<name>`` and ``experiment=ablation_<name>_cpu``: an ablation's sweep
   (``configs/ablation/<name>.yaml``) on the reference study (``verdict_book``, GPU-sized) or on
   its CPU-sized version (``verdict_cpu``), one pair per entry of :data:`ABLATIONS`.
@@ -83,7 +83,7 @@ def register_configs() -> None:
     store.store(name="train_schema", node=TrainSchema)
     for name in PRESETS:
         store.store(group="model", name=name, node=preset_node(name))
-    store.store(group="model", name="hf_gpt2_schema", node=HFGPT2ConfigSchema)
+    store.store(group="schema/model", name="hf_gpt2", node=HFGPT2ConfigSchema)
     for ablation in ABLATIONS:
         for study, suffix in ((REFERENCE_STUDY, ""), (CPU_STUDY, "_cpu")):
             name = f"ablation_{ablation}{suffix}"
