@@ -1,4 +1,5 @@
-"""Data: corpora, tokenizers, token caches, next-token datasets and the LightningDataModule."""
+"""Data: corpora, tokenizers, token caches, next-token datasets, instruction examples and the
+LightningDataModules."""
 
 from llm_scratch.data.corpora import CORPORA, cache_dir, corpus_path, data_dir, load_corpus
 from llm_scratch.data.datasets import EpochShuffleSampler, RandomWindowDataset, SlidingWindowDataset
@@ -13,12 +14,16 @@ from llm_scratch.data.tokenizers import (
 
 
 def __getattr__(name: str):
-    # The DataModule is imported on first use: it needs Lightning, and the rest of the data
+    # The DataModules are imported on first use: they need Lightning, and the rest of the data
     # package (tokenizers, corpora) must stay usable without it, e.g. to load a checkpoint.
     if name == "LMDataModule":
         from llm_scratch.data.datamodule import LMDataModule
 
         return LMDataModule
+    if name == "InstructDataModule":
+        from llm_scratch.data.instruct_datamodule import InstructDataModule
+
+        return InstructDataModule
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -27,6 +32,7 @@ __all__ = [
     "BPETokenizer",
     "CharTokenizer",
     "EpochShuffleSampler",
+    "InstructDataModule",
     "LMDataModule",
     "RandomWindowDataset",
     "SlidingWindowDataset",

@@ -155,7 +155,18 @@ def corpus_path(
             f"Unknown corpus {name!r}; use one of {', '.join(CORPORA)} or a path to a text file "
             "or a folder of .txt files."
         )
-    info = CORPORA[name]
+    return named_file_path(CORPORA[name], data_dir, cache_dir, download)
+
+
+def named_file_path(
+    info: CorpusInfo,
+    data_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    download: bool = True,
+) -> Path:
+    """Path of the registered file ``info`` (a corpus, or another named data file such as the
+    instruction examples), verified: the data directory first, then the cache, else downloaded
+    into the cache."""
     ddir = _data_dir(data_dir)
     cdir = _cache_dir(cache_dir)
     candidates = ([ddir / info.filename] if ddir is not None else []) + [cdir / info.filename]

@@ -33,7 +33,120 @@ def _positive_int(name: str, value: object, allow_none: bool = False, minimum: i
         raise UserError(f"data.{name} must be {what}{none}, got {value!r}; fix it in the config.")
 
 
-class LMDataModule(L.LightningDataModule):
+class ResumableDataModule(L.LightningDataModule):
+    """What the data modules share: a seeded training order (:class:`EpochShuffleSampler`)
+    that a checkpoint resumes mid-epoch at its first untrained item, and the loaders.
+
+    A subclass's ``setup`` sets ``train_dataset``, ``val_dataset`` and ``train_sampler``, then
+    calls ``_apply_resume``; ``collate_fn`` (None: torch's default) makes its batches.
+    """
+
+    collate_fn: Any = None
+
+    def __init__(
+        self,
+        batch_size: int,
+        num_workers: int,
+        pin_memory: bool,
+        shuffle: bool,
+        drop_last: bool,
+        seed: int,
+    ) -> None:
+        super().__init__()
+        _positive_int("batch_size", batch_size)
+        _positive_int("num_workers", num_workers, minimum=0)
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise UserError(f"data.seed must be an integer, got {seed!r}.")
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.pin_memory = bool(pin_memory)
+        self.shuffle = bool(shuffle)
+        self.drop_last = bool(drop_last)
+        self.seed = int(seed)
+        self.train_dataset: Dataset | None = None
+        self.val_dataset: Dataset | None = None
+        self.train_sampler: EpochShuffleSampler | None = None
+        self._resume: dict[str, Any] | None = None  # a checkpoint's place in the epoch order
+
+    def _require_setup(self) -> None:
+        if self.train_dataset is None:
+            raise RuntimeError("call setup() (or let the Trainer call it) before using the data")
+
+    def _loader_kwargs(self) -> dict:
+        return {
+            "batch_size": self.batch_size,
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory,
+            "persistent_workers": self.num_workers > 0,
+            "collate_fn": self.collate_fn,
+            # Each iterator draws its workers' base seed from this generator, not from torch's
+            # global RNG, so starting an epoch or a validation does not move the dropout RNG (a
+            # resumed run then draws the same dropout masks as an uninterrupted one).
+            "generator": torch.Generator().manual_seed(self.seed),
+        }
+
+    # ----------------------------------------------------------------- exact resumption
+    def state_dict(self) -> dict[str, Any]:
+        """Where training stands in the epoch's order (saved in every checkpoint).
+
+        Lightning counts the batches trained in the epoch; its DataLoader prefetches one ahead,
+        so the position is read from the trainer's progress rather than from the loader.
+        """
+        trainer = self.trainer
+        if trainer is None or self.train_sampler is None:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {
+            "epoch": self.train_sampler.epoch,
+            "windows_done": int(done) * self.batch_size * trainer.world_size,
+            "num_windows": self.train_sampler.n,
+            "seed": self.seed,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the saved epoch at the first item the saved run had not trained on (under
+        DDP the saved epoch restarts from its first batch instead)."""
+        self._resume = dict(state) if state and "windows_done" in state else None
+        self._apply_resume()
+
+    def _apply_resume(self) -> None:
+        state, sampler = self._resume, self.train_sampler
+        if state is None or sampler is None:
+            return
+        # other data or another seed: the saved position means nothing for this order
+        if (state.get("num_windows"), state.get("seed")) == (sampler.n, self.seed):
+            trainer = self.trainer
+            if trainer is not None and trainer.world_size > 1:
+                # DistributedSamplerWrapper keeps the whole epoch's length and would index past
+                # the end of a shortened order: the epoch restarts (same seed-based order).
+                if int(state["windows_done"]) > 0 and trainer.is_global_zero:
+                    log.warning(
+                        "Resuming under DDP (world_size=%d): epoch %d restarts from its first "
+                        "batch; the order stays the same (seed %d).",
+                        trainer.world_size,
+                        int(state["epoch"]),
+                        self.seed,
+                    )
+                sampler.set_epoch(int(state["epoch"]))
+            else:
+                sampler.resume_at(int(state["epoch"]), int(state["windows_done"]))
+        self._resume = None
+
+    def train_dataloader(self) -> DataLoader:
+        self._require_setup()
+        return DataLoader(
+            self.train_dataset,
+            sampler=self.train_sampler,
+            drop_last=self.drop_last,
+            **self._loader_kwargs(),
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        self._require_setup()
+        return DataLoader(self.val_dataset, shuffle=False, drop_last=False, **self._loader_kwargs())
+
+
+class LMDataModule(ResumableDataModule):
     """Train/validation next-token windows over one corpus.
 
     ``corpus`` is a named corpus (``verdict``, ``shakespeare``), a path to a text file or to a
@@ -70,7 +183,7 @@ class LMDataModule(L.LightningDataModule):
         seed: int = 1337,
         path: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, num_workers, pin_memory, shuffle, drop_last, seed)
         corpus = os.fspath(corpus) if corpus is not None else corpus
         if not isinstance(corpus, str) or not corpus:
             raise UserError(
@@ -88,9 +201,7 @@ class LMDataModule(L.LightningDataModule):
             )
         _positive_int("context_length", context_length)
         _positive_int("stride", stride, allow_none=True)
-        _positive_int("batch_size", batch_size)
         _positive_int("samples_per_epoch", samples_per_epoch, allow_none=True)
-        _positive_int("num_workers", num_workers, minimum=0)
         if (
             isinstance(val_fraction, bool)
             or not isinstance(val_fraction, numbers.Real)
@@ -104,34 +215,22 @@ class LMDataModule(L.LightningDataModule):
             raise UserError(
                 f"data.sampling must be one of {', '.join(SAMPLINGS)}, got {sampling!r}."
             )
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise UserError(f"data.seed must be an integer, got {seed!r}.")
 
         self.corpus = corpus
         self.path = path
         self.tokenizer_name = tokenizer
         self.context_length = int(context_length)
         self.stride = int(stride) if stride is not None else self.context_length
-        self.batch_size = int(batch_size)
         self.val_fraction = float(val_fraction)
         self.sampling = sampling
         self.samples_per_epoch = None if samples_per_epoch is None else int(samples_per_epoch)
-        self.num_workers = int(num_workers)
-        self.pin_memory = bool(pin_memory)
-        self.shuffle = bool(shuffle)
-        self.drop_last = bool(drop_last)
         self.data_dir = data_dir
         self.cache_dir = cache_dir
-        self.seed = int(seed)
 
         self._text: str | None = None
         self._tokenizer: Tokenizer | None = None
         self._tokens: np.ndarray | None = None
-        self.train_dataset: Dataset | None = None
-        self.val_dataset: Dataset | None = None
-        self.train_sampler: EpochShuffleSampler | None = None
         self._prepared = False
-        self._resume: dict[str, Any] | None = None  # a checkpoint's place in the epoch order
 
     # ----------------------------------------------------------------- corpus and tokenizer
     @property
@@ -245,79 +344,3 @@ class LMDataModule(L.LightningDataModule):
         """Number of tokens in the validation split (after ``setup``)."""
         self._require_setup()
         return len(self.val_dataset.tokens)
-
-    def _require_setup(self) -> None:
-        if self.train_dataset is None:
-            raise RuntimeError("call setup() (or let the Trainer call it) before using the data")
-
-    def _loader_kwargs(self) -> dict:
-        return {
-            "batch_size": self.batch_size,
-            "num_workers": self.num_workers,
-            "pin_memory": self.pin_memory,
-            "persistent_workers": self.num_workers > 0,
-            # Each iterator draws its workers' base seed from this generator, not from torch's
-            # global RNG, so starting an epoch or a validation does not move the dropout RNG (a
-            # resumed run then draws the same dropout masks as an uninterrupted one).
-            "generator": torch.Generator().manual_seed(self.seed),
-        }
-
-    # ----------------------------------------------------------------- exact resumption
-    def state_dict(self) -> dict[str, Any]:
-        """Where training stands in the epoch's window order (saved in every checkpoint).
-
-        Lightning counts the batches trained in the epoch; its DataLoader prefetches one ahead,
-        so the position is read from the trainer's progress rather than from the loader.
-        """
-        trainer = self.trainer
-        if trainer is None or self.train_sampler is None:
-            return {}
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return {
-            "epoch": self.train_sampler.epoch,
-            "windows_done": int(done) * self.batch_size * trainer.world_size,
-            "num_windows": self.train_sampler.n,
-            "seed": self.seed,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue the saved epoch at the first window the saved run had not trained on (under
-        DDP the saved epoch restarts from its first batch instead)."""
-        self._resume = dict(state) if state and "windows_done" in state else None
-        self._apply_resume()
-
-    def _apply_resume(self) -> None:
-        state, sampler = self._resume, self.train_sampler
-        if state is None or sampler is None:
-            return
-        # other data or another seed: the saved position means nothing for this order
-        if (state.get("num_windows"), state.get("seed")) == (sampler.n, self.seed):
-            trainer = self.trainer
-            if trainer is not None and trainer.world_size > 1:
-                # DistributedSamplerWrapper keeps the whole epoch's length and would index past
-                # the end of a shortened order: the epoch restarts (same seed-based order).
-                if int(state["windows_done"]) > 0 and trainer.is_global_zero:
-                    log.warning(
-                        "Resuming under DDP (world_size=%d): epoch %d restarts from its first "
-                        "batch; the window order stays the same (seed %d).",
-                        trainer.world_size,
-                        int(state["epoch"]),
-                        self.seed,
-                    )
-                sampler.set_epoch(int(state["epoch"]))
-            else:
-                sampler.resume_at(int(state["epoch"]), int(state["windows_done"]))
-        self._resume = None
-
-    def train_dataloader(self) -> DataLoader:
-        self._require_setup()
-        return DataLoader(
-            self.train_dataset,
-            sampler=self.train_sampler,
-            drop_last=self.drop_last,
-            **self._loader_kwargs(),
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        self._require_setup()
-        return DataLoader(self.val_dataset, shuffle=False, drop_last=False, **self._loader_kwargs())
