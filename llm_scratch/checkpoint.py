@@ -1,5 +1,6 @@
 """Our checkpoint files, without Lightning: which file a run directory means, reading one safely,
-checking that it can continue a run, and loading its model and tokenizer for sampling.
+checking that it can continue a run, loading its model, tokenizer and prompt template for
+sampling, and starting a fine-tuning run from it (``init_from=<run dir or .ckpt>``).
 
 Checkpoints are read with ``torch.load(weights_only=True)``: only tensors and plain containers
 are unpickled, so a file carrying a malicious pickle payload is refused before its code runs.
@@ -7,8 +8,9 @@ are unpickled, so a file carrying a malicious pickle payload is refused before i
 Which checkpoint a run directory means depends on what it is for:
 
 - continuing training (``ckpt_path=``): ``checkpoints/last.ckpt``, the latest state;
-- sampling and fine-tuning from it (``sample.py``): the best checkpoint, the lowest validation
-  loss among ``checkpoints/best-*.ckpt``, else ``last.ckpt`` (a run that never validated).
+- sampling and fine-tuning from it (``sample.py``, ``init_from=``): the best checkpoint, the
+  lowest validation loss among ``checkpoints/best-*.ckpt``, else ``last.ckpt`` (a run that
+  never validated).
 
 Both accept a ``.ckpt`` file, a run directory, or ``last``: the most recent run under the log
 directory that saved a ``last.ckpt``.
@@ -16,6 +18,7 @@ directory that saved a ``last.ckpt``.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import re
 import zipfile
@@ -25,9 +28,18 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from llm_scratch.data.instruct import PromptTemplate
 from llm_scratch.data.tokenizers import Tokenizer, tokenizer_from_dict
 from llm_scratch.errors import UserError
 from llm_scratch.model.factory import build_model
+from llm_scratch.model.pretrained import (
+    config_from_trained,
+    init_from_model_config,
+    load_initial_weights,
+    load_trained_weights,
+)
+
+log = logging.getLogger(__name__)
 
 MODEL_PREFIX = "model."
 LAST = "last.ckpt"
@@ -47,10 +59,14 @@ def best_checkpoint(run_dir: Path) -> Path | None:
 
 
 def resolve_checkpoint(
-    spec: str, purpose: Literal["resume", "sample"], log_dir: str | Path = "outputs"
+    spec: str,
+    purpose: Literal["resume", "sample"],
+    log_dir: str | Path = "outputs",
+    key: str = "ckpt_path",
 ) -> Path:
     """The checkpoint file that ``spec`` (a ``.ckpt`` file, a run directory or ``last``) means
-    for ``purpose``, as the module docstring says; a :class:`UserError` when there is none."""
+    for ``purpose``, as the module docstring says; a :class:`UserError` (naming the config
+    ``key`` that gave ``spec``) when there is none."""
     if spec == "last":
         runs = sorted(Path(log_dir).glob(f"**/checkpoints/{LAST}"), key=lambda p: p.stat().st_mtime)
         if not runs:
@@ -69,13 +85,13 @@ def resolve_checkpoint(
         found = found or (last if last.is_file() else None)
         if found is None:
             raise UserError(
-                f"ckpt_path={spec} is a directory without checkpoints/{LAST}. "
+                f"{key}={spec} is a directory without checkpoints/{LAST}. "
                 "Pass a .ckpt file or a run directory that saved one."
             )
         return found
     if not path.is_file():
         raise UserError(
-            f"ckpt_path={spec} does not exist. Pass a .ckpt file, a run directory, or 'last'."
+            f"{key}={spec} does not exist. Pass a .ckpt file, a run directory, or 'last'."
         )
     return path
 
@@ -175,16 +191,82 @@ def load_model(
             f"Checkpoint {path}: its tokenizer has {tokenizer.vocab_size} tokens but the model "
             f"{config.vocab_size}; the checkpoint does not belong with this tokenizer."
         )
-    state = {
-        k[len(MODEL_PREFIX) :]: v
-        for k, v in checkpoint["state_dict"].items()
-        if k.startswith(MODEL_PREFIX)
-    }
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(model_state(checkpoint), strict=True)
     except RuntimeError as error:
         raise UserError(
             f"Checkpoint {path} does not match its model configuration "
             f"({str(error).splitlines()[0]})."
         ) from error
     return model.to(device).eval(), tokenizer, checkpoint
+
+
+def model_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The model's own state dict in a checkpoint (the LightningModule's ``model.*`` keys)."""
+    return {
+        k[len(MODEL_PREFIX) :]: v
+        for k, v in checkpoint["state_dict"].items()
+        if k.startswith(MODEL_PREFIX)
+    }
+
+
+def prompt_template(checkpoint: dict[str, Any]) -> PromptTemplate | None:
+    """The prompt template an instruction-tuned checkpoint was trained with; None for a run
+    on plain text."""
+    recorded = checkpoint["hyper_parameters"].get("prompt_template")
+    return PromptTemplate.from_dict(recorded) if recorded else None
+
+
+# ----------------------------------------------------------------------- init_from
+
+
+def is_run_checkpoint(init_from: str) -> bool:
+    """Whether ``init_from`` names a checkpoint of ours (a ``.ckpt`` file, or a run directory:
+    one with a ``checkpoints/`` folder) rather than a GPT-2 checkpoint (a hub name, or a
+    ``save_pretrained`` directory)."""
+    path = Path(init_from).expanduser()
+    return path.suffix == ".ckpt" or (path / "checkpoints").is_dir()
+
+
+def _init_checkpoint(init_from: str) -> Path:
+    path = Path(init_from).expanduser()
+    if path.suffix == ".ckpt" and not path.is_file():
+        raise UserError(
+            f"init_from={init_from} does not exist. Pass a .ckpt file or a run directory of "
+            "ours, or a GPT-2 checkpoint."
+        )
+    return resolve_checkpoint(str(path), "sample", key="init_from")
+
+
+def init_from_config(
+    model_cfg: dict[str, Any], init_from: str, vocab_size: int, context_length: int
+) -> Any:
+    """The model config for fine-tuning from ``init_from``: a run of ours (its best checkpoint's
+    architecture) or a GPT-2 checkpoint; either way ``model.dropout`` and ``model.attention``
+    are the user's and the context is ``data.context_length``."""
+    if not is_run_checkpoint(init_from):
+        return init_from_model_config(model_cfg, init_from, vocab_size, context_length)
+    hparams = read_checkpoint(_init_checkpoint(init_from), mmap=True)["hyper_parameters"]
+    return config_from_trained(hparams["model"], model_cfg, init_from, vocab_size, context_length)
+
+
+def load_init_weights(
+    model: nn.Module, init_from: str, tokenizer: dict[str, Any] | None = None
+) -> None:
+    """Copy ``init_from``'s weights into ``model``: a run of ours (its best checkpoint; refused
+    when it was trained with another ``tokenizer`` than this run's) or a GPT-2 checkpoint."""
+    if not is_run_checkpoint(init_from):
+        load_initial_weights(model, init_from)
+        return
+    path = _init_checkpoint(init_from)
+    checkpoint = read_checkpoint(path)
+    saved = checkpoint["hyper_parameters"]["tokenizer"]
+    if tokenizer is not None and saved != tokenizer:
+        raise UserError(
+            f"init_from={init_from} was trained with another tokenizer "
+            f"({_describe_tokenizer(saved)}) than this run's data gives "
+            f"({_describe_tokenizer(tokenizer)}); fine-tune with the tokenizer it was trained "
+            "with (data.tokenizer=...)."
+        )
+    load_trained_weights(model, model_state(checkpoint), init_from)
+    log.info("initial weights from %s", path)

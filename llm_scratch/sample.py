@@ -1,9 +1,12 @@
-"""Sampling from a trained checkpoint (the code behind ``training/sample.py``)."""
+"""Sampling from a trained checkpoint (the code behind ``training/sample.py``): continuations
+of one prompt, or the answers to every prompt of a file, in left-padded batches."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +14,8 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from llm_scratch.checkpoint import load_model, resolve_checkpoint
+from llm_scratch.checkpoint import load_model, prompt_template, resolve_checkpoint
+from llm_scratch.data.instruct import PromptTemplate, left_pad
 from llm_scratch.data.tokenizers import Tokenizer
 from llm_scratch.errors import UserError, report_user_error
 
@@ -21,6 +25,10 @@ class SampleConfig:
     ckpt_path: str = "???"
     prompt: str = "\n"
     prompt_file: str | None = None
+    # every prompt of a file: one per line, or JSON Lines of instruction/input (answered in
+    # batches of batch_size, each printed with its response)
+    prompts_file: str | None = None
+    batch_size: int = 8
     num_samples: int = 1
     max_new_tokens: int = 200
     temperature: float = 0.8
@@ -31,7 +39,7 @@ class SampleConfig:
 
 
 # Taken verbatim: a prompt such as "ROMEO:" or "[1, 2]" is text, not YAML.
-TEXT_KEYS = ("ckpt_path", "prompt", "prompt_file", "device")
+TEXT_KEYS = ("ckpt_path", "prompt", "prompt_file", "prompts_file", "device")
 
 
 def parse_args(argv: list[str]) -> SampleConfig:
@@ -44,6 +52,10 @@ def parse_args(argv: list[str]) -> SampleConfig:
             text[key] = value
         else:
             typed.append(arg)
+    if "prompts_file" in text and ({"prompt", "prompt_file"} & set(text)):
+        raise UserError(
+            "prompts_file answers every prompt of a file: give it without prompt= or prompt_file="
+        )
     try:
         schema = OmegaConf.structured(SampleConfig)
         cfg = OmegaConf.merge(schema, OmegaConf.from_dotlist(typed), text)
@@ -82,16 +94,23 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def generate_samples(cfg: SampleConfig) -> list[str]:
+def _load(cfg: SampleConfig) -> tuple[torch.nn.Module, Tokenizer, dict]:
     device = resolve_device(cfg.device)
     if cfg.num_samples < 1:  # before loading the checkpoint: a quick answer
         raise UserError(f"num_samples={cfg.num_samples}: ask for at least 1 sample.")
+    if cfg.batch_size < 1:
+        raise UserError(f"batch_size={cfg.batch_size}: answer at least 1 prompt at a time.")
     # the same forms training's ckpt_path takes; `last` looks where runs go by default
     log_dir = os.environ.get("LLM_SCRATCH_LOG_DIR", "outputs")
     path = resolve_checkpoint(cfg.ckpt_path, "sample", log_dir)
     if Path(cfg.ckpt_path).resolve() != path.resolve():
         print(f"checkpoint: {path}", file=sys.stderr)
-    model, tokenizer, _ = load_model(path, device=device)
+    return load_model(path, device=device)
+
+
+def generate_samples(cfg: SampleConfig) -> list[str]:
+    """``num_samples`` continuations of ``prompt`` (or of ``prompt_file``'s text)."""
+    model, tokenizer, _ = _load(cfg)
     prompt = cfg.prompt
     if cfg.prompt_file:
         try:
@@ -156,11 +175,149 @@ def sample_texts(
     return [tokenizer.decode(row.tolist()) for row in out]
 
 
+def sample_responses(
+    model: torch.nn.Module,
+    tokenizer: Tokenizer,
+    prompts: Sequence[str],
+    max_new_tokens: int = 50,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 1337,
+    batch_size: int = 8,
+) -> list[str]:
+    """The response to each prompt: the tokens generated after it, up to its end-of-text.
+
+    Prompts go ``batch_size`` at a time, left-padded with an attention mask, so each response
+    is the one its prompt gets alone when decoding greedily (``temperature=0``). Used by
+    ``training/sample.py prompts_file=`` and by the training's sample callback.
+    """
+    encoded = []
+    for i, prompt in enumerate(prompts):
+        ids = tokenizer.encode(prompt)
+        if not ids:
+            raise UserError(f"Prompt {i + 1} is empty after tokenization: give it some text.")
+        if len(ids) > model.config.context_length:
+            raise UserError(
+                f"Prompt {i + 1} is {len(ids)} tokens, longer than the model's context of "
+                f"{model.config.context_length}: shorten it."
+            )
+        encoded.append(ids)
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    eos = tokenizer.eos_id
+    responses = []
+    for start in range(0, len(encoded), batch_size):
+        rows = encoded[start : start + batch_size]
+        # the padding is never attended to: any id does, the end-of-text one where there is one
+        idx, mask = left_pad(rows, pad_id=eos if eos is not None else 0)
+        try:
+            out = model.generate(
+                idx.to(device),
+                max_new_tokens,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                eos_id=eos,
+                generator=generator,
+                attention_mask=mask.to(device),
+            )
+        except ValueError as error:
+            raise UserError(str(error)) from error
+        for row in out[:, idx.size(1) :].tolist():
+            if eos is not None and eos in row:
+                row = row[: row.index(eos)]
+            responses.append(tokenizer.decode(row))
+    return responses
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt of a prompts file: as shown (the line, or instruction and input) and as the
+    model gets it (formatted with the checkpoint's template, if it has one)."""
+
+    shown: str
+    text: str
+
+
+def read_prompts(path: str, template: PromptTemplate | None) -> list[Prompt]:
+    """The prompts of ``path``: JSON Lines (``.jsonl``) of ``instruction``/``input`` objects,
+    for a checkpoint trained on instructions; else one prompt per non-empty line, formatted
+    with the checkpoint's template when it has one (each line an instruction, or the input
+    when the template has a default instruction)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise UserError(f"Cannot read prompts_file={path}: {error.strerror}") from error
+    except UnicodeDecodeError as error:
+        raise UserError(f"prompts_file={path} is not UTF-8 text ({error.reason}).") from error
+    numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
+    if not numbered:
+        raise UserError(f"prompts_file={path} has no prompts: write one per line.")
+    if not path.endswith(".jsonl"):
+        if template is None:
+            return [Prompt(line, line) for _, line in numbered]
+        if template.default_instruction is not None:  # each line is the input
+            return [Prompt(line, template.format(None, line)) for _, line in numbered]
+        return [Prompt(line, template.format(line)) for _, line in numbered]
+    if template is None:
+        raise UserError(
+            f"prompts_file={path} holds instructions (JSON Lines), but the checkpoint was not "
+            "trained on instruction data (it records no prompt template): give one prompt per "
+            "line in a text file instead."
+        )
+    prompts = []
+    for n, line in numbered:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise UserError(f"prompts_file={path}: line {n} is not JSON ({error.msg}).") from None
+        if not isinstance(record, dict):
+            raise UserError(f"prompts_file={path}: line {n} is not a JSON object.")
+        instruction, given = record.get("instruction"), record.get("input", "")
+        if instruction is None and template.default_instruction is None:
+            raise UserError(f"prompts_file={path}: line {n} has no 'instruction'.")
+        if not isinstance(instruction, str | None) or not isinstance(given, str):
+            raise UserError(f"prompts_file={path}: line {n}'s instruction and input must be text.")
+        shown = "\n\n".join(t for t in (instruction, given) if t)
+        prompts.append(Prompt(shown, template.format(instruction, given)))
+    return prompts
+
+
+def answer_prompts(cfg: SampleConfig) -> list[tuple[str, str]]:
+    """(prompt as shown, response) for each prompt of ``prompts_file``, ``num_samples`` each."""
+    model, tokenizer, checkpoint = _load(cfg)
+    prompts = read_prompts(cfg.prompts_file, prompt_template(checkpoint))
+    repeated = [p for p in prompts for _ in range(cfg.num_samples)]
+    responses = sample_responses(
+        model,
+        tokenizer,
+        [p.text for p in repeated],
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_k=cfg.top_k,
+        top_p=cfg.top_p,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+    )
+    return [(p.shown, r) for p, r in zip(repeated, responses, strict=True)]
+
+
 def main(argv: list[str]) -> int:
     try:
-        samples = generate_samples(parse_args(argv))
+        cfg = parse_args(argv)
+        if cfg.prompts_file:
+            answers = answer_prompts(cfg)
+        else:
+            samples = generate_samples(cfg)
     except UserError as error:
         return report_user_error(error)
+    if cfg.prompts_file:
+        for i, (shown, response) in enumerate(answers):
+            n = i // cfg.num_samples + 1
+            sample = f", sample {i % cfg.num_samples + 1}" if cfg.num_samples > 1 else ""
+            print(f"--- prompt {n}{sample} ---\n{shown}\n--- response ---\n{response}\n")
+        return 0
     for i, text in enumerate(samples):
         if len(samples) > 1:
             print(f"--- sample {i + 1} ---")

@@ -2,7 +2,8 @@
 
 Keys (key=value, like the training entry point): ckpt_path (a .ckpt file or a run directory),
 prompt, prompt_file, num_samples, max_new_tokens, temperature (0: greedy), top_k, top_p, seed,
-device (cpu, cuda, cuda:1, or auto).
+device (cpu, cuda, cuda:1, or auto); prompts_file (every prompt of a file, one per line or JSON
+Lines of instruction/input, answered batch_size at a time, each printed with its response).
 """
 
 import sys
