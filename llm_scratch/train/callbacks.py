@@ -16,23 +16,30 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
-from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from llm_scratch.errors import NonFiniteLossError, UserError
-from llm_scratch.sample import sample_texts
+from llm_scratch.sample import sample_responses, sample_texts
+from llm_scratch.train.module import unpack_batch
+from llm_scratch.train.sharding import is_sharded
 from llm_scratch.utils.flops import known_peak_flops
 
 log = logging.getLogger(__name__)
 
 
 class TextSampler(L.Callback):
-    """Generates a short sample from a fixed prompt at the end of each validation.
+    """Generates short samples from fixed prompts, at the end of each validation.
 
-    The sample is appended to ``<output_dir>/samples.jsonl``, printed to the log, and sent to
-    W&B or TensorBoard when those loggers are active. ``prompt=None`` takes the data module's
-    default prompt ("Every effort moves you" for The Verdict).
+    On a corpus: a continuation of one prompt (``prompt=None`` takes the data module's default,
+    "Every effort moves you" for The Verdict). On instruction data (a data module with
+    ``sample_examples``): the responses to its fixed validation prompts, in one padded batch,
+    also before the first training step, so ``samples.jsonl`` shows generation before and after
+    fine-tuning side by side (with each example's expected output); a ``prompt`` given here is
+    sampled instead.
+
+    Samples are appended to ``<output_dir>/samples.jsonl`` (one line per prompt), printed to
+    the log, and sent to W&B (a table) or TensorBoard when those loggers are active.
     """
 
     def __init__(
@@ -51,14 +58,29 @@ class TextSampler(L.Callback):
         self.top_k = top_k
         self.seed = seed
 
-    @rank_zero_only
+    def _instructions(self, trainer: L.Trainer) -> bool:
+        # looked up on the class: the property itself needs the data set up
+        return self.prompt is None and hasattr(type(trainer.datamodule), "sample_examples")
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not samples_here(trainer, pl_module):
+            return
+        # "before": the model as fine-tuning finds it (not again when a run is continued)
+        if trainer.global_step == 0 and self._instructions(trainer):
+            self._write(trainer, self.answer_instructions(trainer, pl_module))
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or not samples_here(trainer, pl_module):
+            return
+        if self._instructions(trainer):
+            self._write(trainer, self.answer_instructions(trainer, pl_module))
             return
         datamodule = trainer.datamodule
         tokenizer = datamodule.tokenizer
         prompt = self.prompt if self.prompt is not None else datamodule.default_prompt
         text = self.sample(pl_module, tokenizer, prompt)
+        if not trainer.is_global_zero:
+            return
         record = {"epoch": trainer.current_epoch, "step": trainer.global_step, "text": text}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as f:
@@ -82,9 +104,73 @@ class TextSampler(L.Callback):
         )
         return texts[0]
 
+    def answer_instructions(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[dict]:
+        """One record per fixed validation example: its instruction, input, the model's
+        response now and the expected output."""
+        datamodule = trainer.datamodule
+        examples = datamodule.sample_examples
+        template = datamodule.prompt_template
+        prompts = [template.format(e.instruction, e.input) for e in examples]
+        responses = sample_responses(
+            pl_module.model,
+            datamodule.tokenizer,
+            prompts,
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            seed=self.seed,
+            batch_size=max(len(prompts), 1),
+        )
+        return [
+            {
+                "epoch": trainer.current_epoch,
+                "step": trainer.global_step,
+                "instruction": e.instruction
+                if e.instruction is not None
+                else template.default_instruction,
+                "input": e.input,
+                "response": response,
+                "expected": e.output,
+                "text": prompt + response,
+            }
+            for e, prompt, response in zip(examples, prompts, responses, strict=True)
+        ]
+
+    def _write(self, trainer: L.Trainer, records: list[dict]) -> None:
+        if not records or not trainer.is_global_zero:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record) + "\n")
+        step = trainer.global_step
+        for record in records:
+            log.info(
+                "response at step %d to %r: %r", step, record["instruction"], record["response"]
+            )
+        columns = ["step", "instruction", "input", "response", "expected"]
+        rows = [[r[c] for c in columns] for r in records]
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_text("samples", columns=columns, data=rows)
+            elif isinstance(logger, TensorBoardLogger):
+                text = "\n\n".join(
+                    f"**{r['instruction']}** {r['input']}\n\n{r['response']}" for r in records
+                )
+                logger.experiment.add_text("samples", text, global_step=step)
+
+
+def samples_here(trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+    """Whether this process generates the samples: rank 0 alone, except for a sharded model
+    (trainer=fsdp), which runs only when every process runs it (each forward gathers the
+    weights from all of them); all then generate the same text and rank 0 writes it."""
+    return trainer.is_global_zero or is_sharded(pl_module.model)
+
 
 class ThroughputLogger(L.Callback):
     """Logs tokens seen, tokens per second and, where a peak is known, model FLOPs utilisation.
+
+    Tokens are real input tokens: the padding of instruction batches is not counted.
 
     Timing is read every ``log_every_n_steps`` optimizer steps, so nothing forces a device sync
     per step. ``peak_flops`` is the device's peak FLOP/s for the training dtype (for all
@@ -123,7 +209,9 @@ class ThroughputLogger(L.Callback):
         self._step_at_batch_start = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        tokens = batch[1].numel() * trainer.world_size  # every micro-batch's tokens count
+        # every micro-batch's real tokens count (padding does not); the other ranks' batches are
+        # taken to be as large as this one's
+        tokens = unpack_batch(batch)[2] * trainer.world_size
         self.tokens_seen += tokens
         self._window_tokens += tokens
         # Optimizer steps, not batches: under gradient accumulation only a step's last batch

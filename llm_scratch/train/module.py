@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from llm_scratch.checkpoint import load_init_weights as load_initial_model_weights
 from llm_scratch.compat import (
     epoch_cut_short_by_max_steps,
     loggers_write_this_step,
@@ -17,10 +18,27 @@ from llm_scratch.compat import (
 )
 from llm_scratch.model import GPTConfig
 from llm_scratch.model.factory import build_model
-from llm_scratch.model.pretrained import load_initial_weights
 from llm_scratch.train.checkpointing import get_rng_states, set_rng_states
 from llm_scratch.train.metrics import TokenWeightedMean
 from llm_scratch.train.optim import OptimizerConfig, SchedulerConfig, build_adamw, lr_multiplier
+
+# A batch: (inputs, targets) windows of a corpus, or an instruction batch (a dict, see
+# llm_scratch/data/instruct.py's InstructionCollator).
+Batch = tuple[torch.Tensor, torch.Tensor] | dict[str, Any]
+
+
+def unpack_batch(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """(inputs, targets, real input tokens, targets the loss is over) of a batch.
+
+    An instruction batch is right-padded: the model needs no attention mask for it (a real
+    token never attends to the padding after it), and its counts leave the padding (and, for
+    the targets, the masked prompt tokens) out. They were counted on the CPU by the collate
+    function, so no step waits for the device.
+    """
+    if isinstance(batch, dict):
+        return batch["input_ids"], batch["targets"], batch["num_tokens"], batch["num_targets"]
+    x, y = batch
+    return x, y, y.numel(), y.numel()
 
 
 class GPTLightningModule(L.LightningModule):
@@ -34,13 +52,17 @@ class GPTLightningModule(L.LightningModule):
         tokenizer: the tokenizer's description (``Tokenizer.to_dict()``), stored in every
             checkpoint so that a checkpoint can be decoded without the corpus.
         compile: run the model through ``torch.compile`` (the state_dict keys do not change).
-        init_from: a Hugging Face GPT-2 checkpoint (directory or hub name) whose weights the
-            model starts from (fine-tuning); ``model`` must match its architecture.
+        init_from: the weights the model starts from (fine-tuning): a Hugging Face GPT-2
+            checkpoint (directory or hub name) or a checkpoint of ours (a run directory or a
+            ``.ckpt`` file); ``model`` must match its architecture.
         load_init_weights: load ``init_from``'s weights now (the job sets it when a fine-tuning
             run starts). False by default, so that a module rebuilt from a checkpoint
             (``load_from_checkpoint``, or continuing a fine-tuned run) takes the trained weights
             and needs no GPT-2 checkpoint: ``init_from`` is then only on record. Not saved with
             the hyperparameters.
+        prompt_template: the instruction data's prompt template (``PromptTemplate.to_dict()``),
+            so that sampling from a checkpoint formats prompts as it was trained. None takes the
+            data module's, if it has one, when fitting starts.
 
     ``model`` with ``backend: hf_gpt2`` (an :class:`HFGPT2Config`'s fields) trains Hugging Face's
     GPT2LMHeadModel instead of our GPT (see llm_scratch/model/hf_backend.py).
@@ -55,12 +77,13 @@ class GPTLightningModule(L.LightningModule):
         compile: bool = False,
         init_from: str | None = None,
         load_init_weights: bool = False,
+        prompt_template: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["load_init_weights"])
         self.model_config, self.model = build_model(model)
         if init_from and load_init_weights:
-            load_initial_weights(self.model, init_from)
+            load_initial_model_weights(self.model, init_from, tokenizer)
         self.optimizer_config = OptimizerConfig(**(optimizer or {}))
         self.scheduler_config = SchedulerConfig(**(scheduler or {}))
         # Kept out of the module tree, so state_dict keys stay "model.*" with or without compile.
@@ -76,14 +99,21 @@ class GPTLightningModule(L.LightningModule):
         """A module for the model ``config`` (the other arguments as the constructor's)."""
         return cls(model=asdict(config), **kwargs)
 
+    def setup(self, stage: str) -> None:
+        # The template goes into the hyperparameters, and so into every checkpoint.
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        template = getattr(datamodule, "prompt_template", None)
+        if template is not None and self.hparams.get("prompt_template") is None:
+            self.hparams["prompt_template"] = template.to_dict()
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         return self._forward(idx, targets)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
-        x, y = batch
+    def training_step(self, batch: Batch, batch_idx: int):
+        x, y, _, n_targets = unpack_batch(batch)
         _, loss = self(x, y)
         self.log("train/loss", loss, on_step=True, prog_bar=True)
-        self.train_epoch_loss.update(loss, y.numel())
+        self.train_epoch_loss.update(loss, n_targets)
         # Each self.log costs Lightning ~0.4 ms of bookkeeping on a CPU, whether or not the
         # value is written: log the learning rate only on the steps the loggers write (every
         # trainer.log_every_n_steps), and the epoch loss once, in on_train_epoch_end.
@@ -102,10 +132,10 @@ class GPTLightningModule(L.LightningModule):
         if not epoch_cut_short_by_max_steps(self.trainer):
             self.train_epoch_loss.reset()
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
-        x, y = batch
+    def validation_step(self, batch: Batch, batch_idx: int):
+        x, y, _, n_targets = unpack_batch(batch)
         _, loss = self(x, y)
-        self.val_loss.update(loss, y.numel())
+        self.val_loss.update(loss, n_targets)
 
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()  # synced across processes by torchmetrics
