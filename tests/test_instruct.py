@@ -385,3 +385,72 @@ def test_prompts_file_refuses_jsonl_for_a_plain_checkpoint_and_bad_lines(tmp_pat
     assert "error: prompts_file answers every prompt of a file: give it without prompt=" in (
         capsys.readouterr().err
     )
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A 4-step run of gpt-nano on The Verdict (GPT-2 BPE, context 128): a pretrained run of ours."""
+    run = tmp_path_factory.mktemp("pretrain") / "run"
+    overrides = [*FAST, "data.context_length=128", "trainer.max_steps=4", "trainer.max_epochs=-1"]
+    train(compose_config([*overrides, "trainer.val_check_interval=2"], run))
+    return run
+
+
+@pytest.mark.slow
+def test_finetune_from_a_pretrained_run_of_ours(pretrained, tmp_path):
+    best = sorted((pretrained / "checkpoints").glob("best-*.ckpt"))
+    assert best  # init_from=<run dir> takes the best checkpoint, as sampling does
+    source, _, _ = load_model(best[0])
+    run = tmp_path / "run"
+    overrides = [
+        *TINY_INSTRUCT,
+        f"init_from={pretrained}",
+        "data.context_length=96",  # shorter than the source's 128: its first 96 positions
+        "model.n_layer=5",  # ignored (with a warning): the architecture is the checkpoint's
+        "trainer.max_steps=3",
+    ]
+    train(compose_config(overrides, run))
+    checkpoint = read_checkpoint(run / "checkpoints" / "last.ckpt")
+    hparams = checkpoint["hyper_parameters"]
+    assert hparams["init_from"] == str(pretrained)
+    assert hparams["model"]["n_layer"] == 3 and hparams["model"]["context_length"] == 96
+    # the "before" responses are the pretrained model's own, so its weights were the start
+    records = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    before = [r for r in records if r["step"] == 0]
+    prompts = [ALPACA.format(r["instruction"], r["input"]) for r in before]
+    tokenizer = BPETokenizer("gpt2")
+    expected = sample_responses(source, tokenizer, prompts, max_new_tokens=6)
+    assert [r["response"] for r in before] == expected
+
+
+def test_init_from_a_run_of_ours_is_checked(pretrained, tmp_path):
+    from llm_scratch.checkpoint import init_from_config, load_init_weights
+    from llm_scratch.model import GPT
+
+    model_cfg = {"dropout": 0.0, "attention": "loop", "n_layer": 3}
+    config = init_from_config(model_cfg, str(pretrained), 50257, 32)
+    assert (config.context_length, config.attention, config.dropout) == (32, "loop", 0.0)
+    model = GPT(config)
+    load_init_weights(model, str(pretrained), BPETokenizer("gpt2").to_dict())
+    best = sorted((pretrained / "checkpoints").glob("best-*.ckpt"))[0]
+    source, _, _ = load_model(best)
+    for key, value in model.state_dict().items():
+        expected = source.state_dict()[key]
+        assert torch.equal(value, expected[:32] if key == "transformer.wpe.weight" else expected)
+    with pytest.raises(
+        UserError, match=r"trained with context_length=128, shorter than data\.context_length=256"
+    ):
+        init_from_config(model_cfg, str(pretrained), 50257, 256)
+    with pytest.raises(
+        UserError, match=r"has a 50257-token vocabulary but the data's tokenizer has 65"
+    ):
+        init_from_config(model_cfg, str(pretrained), 65, 32)
+    with pytest.raises(UserError, match="trained with another tokenizer"):
+        load_init_weights(model, str(pretrained), {"type": "char", "chars": list("abc")})
+    with pytest.raises(UserError, match=r"init_from=.*missing\.ckpt does not exist"):
+        init_from_config(model_cfg, str(tmp_path / "missing.ckpt"), 50257, 32)
+    (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(
+        UserError, match=r"init_from=.*empty is a directory without checkpoints/last\.ckpt"
+    ):
+        init_from_config(model_cfg, str(tmp_path / "empty"), 50257, 32)

@@ -17,11 +17,15 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from llm_scratch.checkpoint import check_resume_checkpoint, read_checkpoint, resolve_checkpoint
+from llm_scratch.checkpoint import (
+    check_resume_checkpoint,
+    init_from_config,
+    read_checkpoint,
+    resolve_checkpoint,
+)
 from llm_scratch.data.corpora import load_corpus
 from llm_scratch.errors import UserError, exit_on_user_error, one_line
 from llm_scratch.model import GPTConfig
-from llm_scratch.model.pretrained import init_from_model_config
 from llm_scratch.train.callbacks import build_callbacks
 from llm_scratch.train.checkpointing import AtomicCheckpointIO
 from llm_scratch.train.config_tree import print_config_tree
@@ -174,8 +178,8 @@ def _model_config(cfg: DictConfig, vocab_size: int, finetuned: dict[str, Any] | 
     try:
         if finetuned is not None:
             model_config = GPTConfig(**finetuned)
-        elif init_from:  # fine-tuning: the architecture is the GPT-2 checkpoint's
-            model_config = init_from_model_config(
+        elif init_from:  # fine-tuning: the architecture is the checkpoint's (GPT-2's or ours)
+            model_config = init_from_config(
                 OmegaConf.to_container(cfg.model, resolve=True),
                 init_from,
                 vocab_size=vocab_size,
