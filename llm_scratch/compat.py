@@ -109,6 +109,22 @@ def reopen_epoch_stopped_by_max_steps(checkpoint: dict[str, Any], iteration_base
     return True
 
 
+# ----------------------------------------------------------------------------- Lightning strategies
+def shard_data_parallel_over_all_devices(strategy: Any) -> None:
+    """Make Lightning's ``ModelParallelStrategy`` build a device mesh that is data-parallel over
+    every device of every node (FSDP2 alone, no tensor parallelism): trainer=fsdp.
+
+    Lightning 2.4-2.6 read the mesh shape from the private ``_data_parallel_size`` and
+    ``_tensor_parallel_size`` in ``setup_environment``; their public "auto" means data-parallel
+    over nodes and tensor-parallel within each node, and integers must be given before the
+    number of devices is known (``devices="auto"``). Call this just before
+    ``ModelParallelStrategy.setup_environment``, when ``num_nodes`` and ``parallel_devices`` are
+    set. Tests: tests/test_fsdp.py (the sharded run sees every batch once).
+    """
+    strategy._data_parallel_size = strategy.num_nodes * strategy.num_processes
+    strategy._tensor_parallel_size = 1
+
+
 # ----------------------------------------------------------------------------- Hydra's reporting
 @contextlib.contextmanager
 def one_line_hydra_errors() -> Iterator[None]:

@@ -21,6 +21,7 @@ from llm_scratch.model.factory import build_model
 from llm_scratch.train.checkpointing import get_rng_states, set_rng_states
 from llm_scratch.train.metrics import TokenWeightedMean
 from llm_scratch.train.optim import OptimizerConfig, SchedulerConfig, build_adamw, lr_multiplier
+from llm_scratch.train.sharding import configure_sharding
 
 # A batch: (inputs, targets) windows of a corpus, or an instruction batch (a dict, see
 # llm_scratch/data/instruct.py's InstructionCollator).
@@ -142,6 +143,12 @@ class GPTLightningModule(L.LightningModule):
         self.val_loss.reset()
         # Already equal on every rank; sync_dist only quiets Lightning's warning (one all-reduce).
         self.log_dict({"val/loss": loss, "val/ppl": torch.exp(loss)}, prog_bar=True, sync_dist=True)
+
+    def configure_model(self) -> None:
+        # Only trainer=fsdp's strategy (ModelParallelStrategy) gives the module a device mesh:
+        # shard the model there, before the optimizer is built on its sharded parameters.
+        if self.device_mesh is not None:
+            configure_sharding(self.model, self.trainer, self.device_mesh)
 
     def configure_optimizers(self):
         groups = self.model.optimizer_param_groups(self.optimizer_config.weight_decay)

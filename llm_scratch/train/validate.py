@@ -19,6 +19,7 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from llm_scratch.errors import UserError
+from llm_scratch.train.sharding import check_fsdp_config
 
 # The groups checked here; the others are typed by their schemas.
 CHECKED_GROUPS = ("data", "trainer", "logger", "callbacks")
@@ -121,3 +122,4 @@ def validate_config(cfg: DictConfig) -> None:
     for key in CHECKED_GROUPS:
         if key in cfg:
             _check_tree(key, cfg[key])
+    check_fsdp_config(cfg)  # what trainer=fsdp cannot combine with
