@@ -374,16 +374,24 @@ class SigtermCheckpoint(L.Callback):
     def __init__(self, dirpath: str, filename: str = "last.ckpt") -> None:
         self.path = Path(dirpath) / filename
         self.saved_step: int | None = None
+        self._validated_at: int | None = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.received_sigterm:
             self._save(trainer)
 
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._validated_at = trainer.global_step
+
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         # The signal came after this callback's on_train_batch_end: Lightning raises at the end
-        # of the batch (after any validation due there), a state it also resumes from exactly.
-        # During validation it raises mid-way; that state is not saved (the periodic one stays).
-        if isinstance(exception, SIGTERMException) and not trainer.validating:
+        # of the batch, a state it also resumes from exactly. When a validation ran at that
+        # step (the signal came during it), Lightning 2.6 would resume that state one logged
+        # step late (it skips the validation done and counts the step again): not saved, the
+        # step's validation and periodic checkpoints stay.
+        validated = self._validated_at == trainer.global_step
+        if isinstance(exception, SIGTERMException) and not trainer.validating and not validated:
             self._save(trainer)
 
     def _save(self, trainer: L.Trainer) -> None:
