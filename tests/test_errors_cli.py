@@ -129,7 +129,7 @@ def test_sigterm_to_a_sweep_stops_its_job_with_a_checkpoint(tmp_path):
     assert "Traceback" not in err, err[-3000:]
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: Sweep stopped by SIGTERM"), err[-3000:]
-    assert f"ckpt_path={sweep / '0'}" in last and "#1 did not start" in last, last
+    assert f"hydra.sweep.dir={sweep}" in last and "#1 did not start" in last, last
     assert not Path(f"/proc/{children[0]}").exists(), "the job outlived the sweep"
     assert (sweep / "0" / "checkpoints" / "last.ckpt").is_file()
     assert not (sweep / "1").exists()
@@ -224,7 +224,7 @@ def test_a_sweep_started_without_m_warns(tmp_path, in_sweep):
         "training/run_experiment.py", *overrides, f"hydra.run.dir={tmp_path / 'run'}", env=env
     )
     one_error_line(out, "no.txt")
-    warned = "defines a sweep over model.pre_norm" in out.stdout + out.stderr
+    warned = "defines a sweep over seed, model.pre_norm" in out.stdout + out.stderr
     assert warned != in_sweep, out.stdout  # a sweep's own jobs are single runs: no warning
     if not in_sweep:
         assert f"python training/run_experiment.py -m {' '.join(overrides)}" in out.stdout

@@ -1,16 +1,24 @@
-"""Sweeps: the per-job-process launcher, DDP inside a multirun, parallel jobs, bf16, the report."""
+"""Sweeps: the per-job-process launcher, DDP inside a multirun, parallel jobs, bf16, the report,
+seeds in every ablation, and a stopped sweep continued in its own directory."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import lightning as L
 import pytest
+import torch
 from omegaconf import OmegaConf
 
+from hydra_plugins.llm_scratch_launcher.continuation import CONTINUE_ENV, continue_command
 from hydra_plugins.llm_scratch_launcher.subprocess_launcher import SubprocessLauncher
 from llm_scratch.errors import UserError
 from llm_scratch.report import collect_jobs
@@ -160,20 +168,47 @@ def test_bf16_mixed_on_cpu_trains_with_a_finite_falling_loss(tmp_path):
     assert metrics["val/loss"] < 10.5
 
 
+def sweep_jobs(params: dict, given: list[str]) -> list[list[str]]:
+    """The jobs Hydra's sweeper makes of ``-m <given>`` on a config with these sweep ``params``:
+    the params, then the command line's overrides (a swept key there replaces the config's)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(
+        [*(f"{k}={v}" for k, v in params.items()), *given]
+    )
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
 def test_ablation_experiments_define_their_sweeps(tmp_path):
+    # every setting with seeds 1, 2, 3
     expected = {
-        "norm": {"model.pre_norm", "scheduler.warmup_fraction", "scheduler.warmup_steps"},
-        "init": {"model.layer_init"},
-        "attention": {"model.attention"},
-        "tying": {"model.tie_weights"},
-        "grid": {"model.pre_norm", "model.layer_init", "model.attention"},
+        "norm": ({"model.pre_norm", "scheduler.warmup_fraction", "scheduler.warmup_steps"}, 4),
+        "init": ({"model.layer_init"}, 2),
+        "attention": ({"model.attention"}, 2),
+        "tying": ({"model.tie_weights"}, 2),
+        "grid": ({"model.pre_norm", "model.layer_init", "model.attention"}, 8),
     }
-    for name, keys in expected.items():
+    for name, (keys, settings) in expected.items():
         for scale, n_layer in (("", 12), ("_cpu", 6)):
             cfg = compose_config([f"experiment=ablation_{name}{scale}"], tmp_path)
-            assert set(OmegaConf.to_container(cfg.hydra.sweeper.params)) == keys
+            params = OmegaConf.to_container(cfg.hydra.sweeper.params)
+            assert set(params) == {"seed", *keys} and params["seed"] == "1,2,3"
             assert cfg.model.n_layer == n_layer and cfg.data.corpus == "verdict"
             assert cfg.task_name == f"ablation_{name}{scale}"
+            jobs = sweep_jobs(params, [f"experiment=ablation_{name}{scale}"])
+            assert len(jobs) == 3 * settings
+            # seed first: every setting runs with seed 1 before any runs with seed 2
+            assert [j[0] for j in jobs] == [f"seed={s}" for s in (1, 2, 3) for _ in range(settings)]
+            assert len({tuple(j[1:]) for j in jobs}) == settings
+
+    # the seeds are one override; plain overrides sweep seeds too
+    norm = OmegaConf.to_container(
+        compose_config(["experiment=ablation_norm_cpu"], tmp_path).hydra.sweeper.params
+    )
+    jobs = sweep_jobs(norm, ["experiment=ablation_norm_cpu", "seed=1,2,3,4,5"])
+    assert len(jobs) == 20 and [j[0] for j in jobs[::4]] == [f"seed={s}" for s in range(1, 6)]
+    assert len(sweep_jobs({}, ["model.pre_norm=true,false", "seed=1,2,3"])) == 6
 
 
 def test_slurm_launcher_config_composes(tmp_path):
@@ -181,7 +216,13 @@ def test_slurm_launcher_config_composes(tmp_path):
         ["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"],
         tmp_path,
     )
-    assert "submitit" in cfg.hydra.launcher._target_
+    from hydra.utils import get_class
+
+    # submitit's SLURM launcher (Hydra's plugin scan loads its module anew: compared by name)
+    bases = get_class(cfg.hydra.launcher._target_).__mro__[1:]
+    assert "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher" in {
+        f"{c.__module__}.{c.__name__}" for c in bases
+    }
     assert cfg.hydra.launcher.tasks_per_node == 4 and cfg.hydra.launcher.nodes == 2
     # each SLURM job names its sweep for W&B's group, as the subprocess launcher does
     setup = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)["setup"]
@@ -201,3 +242,394 @@ def test_norm_sweep_varies_warmup_on_any_base_and_two_warmups_are_refused(tmp_pa
     assert lr_multiplier(0, tenth, 100, 1e-3) == pytest.approx(0.1)
     with pytest.raises(UserError, match="both set a warm-up"):
         SchedulerConfig(warmup_steps=5, warmup_fraction=0.1)
+
+
+# ----------------------------------------------------------------------------- stop and continue
+class StopSweepAt(L.Callback):
+    """In the sweep job whose directory is named ``job``: at step ``step``, during a training
+    batch (``where="train"``) or the validation (``where="validation"``), sends SIGTERM to the
+    sweep (the job's parent, which passes it on to its jobs) and waits until it arrives. Another
+    run of the same overrides (a reference in another directory) is not stopped."""
+
+    def __init__(self, job: int, step: int, where: str) -> None:
+        self.job = str(job)
+        self.step = step
+        self.where = where
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.where == "train":
+            self._stop(trainer)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if self.where == "validation":
+            self._stop(trainer)
+
+    def _stop(self, trainer) -> None:
+        run_dir = Path(trainer.checkpoint_callback.dirpath).parent
+        if run_dir.name != self.job or trainer.global_step != self.step or trainer.received_sigterm:
+            return
+        os.kill(os.getppid(), signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while not trainer.received_sigterm and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+# gpt-nano, char-level Verdict: 6 steps, a validation every 3, last.ckpt after every step
+STOPPABLE = [
+    "model=gpt-nano",
+    "data.tokenizer=char",
+    "data.context_length=32",
+    "data.batch_size=8",
+    "trainer.accelerator=cpu",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.enable_model_summary=false",
+    "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=1",
+    "trainer.max_steps=6",
+    "trainer.val_check_interval=3",
+    "trainer.limit_val_batches=1",
+    "callbacks.text_sampler.max_new_tokens=4",
+    "callbacks.periodic_checkpoint.every_n_train_steps=1",
+]
+
+
+def entry(*args: str) -> list[str]:
+    return [sys.executable, str(REPO / "training" / "run_experiment.py"), *args]
+
+
+def cli_env(cwd: Path) -> dict[str, str]:
+    return dict(
+        os.environ,
+        PYTHONPATH=str(REPO),
+        OMP_NUM_THREADS="1",
+        LLM_SCRATCH_LOG_DIR=str(cwd / "outputs"),
+    )
+
+
+def run_command(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        command, cwd=cwd, env=cli_env(cwd), capture_output=True, text=True, timeout=300
+    )
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error: ")]
+
+
+def printed_command(line: str) -> list[str]:
+    """The command a sweep's last line gives, as the shell would split it (``python``: this
+    interpreter)."""
+    words = shlex.split(line.split(" with: ", 1)[1])
+    assert words[0] == "python", line
+    return [sys.executable, *words[1:]]
+
+
+def snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``directory``: its bytes and modification time."""
+    return {
+        str(p.relative_to(directory)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def metrics_rows(run_dir: Path) -> list[dict[str, str]]:
+    """metrics.csv's rows without the timing column (throughput differs between any two runs)."""
+    return [
+        {k: v for k, v in row.items() if k != "train/tokens_per_sec"}
+        for row in read_metrics(run_dir)
+    ]
+
+
+def stop_at(name: str, job: int, step: int, where: str) -> list[str]:
+    return [
+        f"+callbacks.{name}._target_=tests.test_sweep.StopSweepAt",
+        f"+callbacks.{name}.job={job}",
+        f"+callbacks.{name}.step={step}",
+        f"+callbacks.{name}.where={where}",
+    ]
+
+
+def jobs_of(snapshot_: dict[str, tuple[bytes, int]], *jobs: str) -> dict[str, tuple[bytes, int]]:
+    return {k: v for k, v in snapshot_.items() if k.split("/")[0] in jobs}
+
+
+@pytest.mark.slow
+def test_a_stopped_sweep_continues_where_it_stopped(tmp_path):
+    # three jobs, seed=1,2,2 (jobs #1 and #2 the same, so that one uninterrupted run is the
+    # reference of both): stopped in job #1's validation at step 3 and continued, stopped again
+    # in job #2's training batch at step 4 and continued again
+    sweep = tmp_path / "sweep"
+    args = [
+        *STOPPABLE,
+        *stop_at("stop_a", job=1, step=3, where="validation"),
+        *stop_at("stop_b", job=2, step=4, where="train"),
+    ]
+    # the uninterrupted job (seed=2), as a single run, alongside the sweep
+    ref = tmp_path / "reference"
+    reference = subprocess.Popen(
+        entry(*args, "seed=2", f"hydra.run.dir={ref}"),
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def stopped_line(out: subprocess.CompletedProcess) -> str:
+        assert out.returncode == 143, out.stderr[-3000:]
+        assert "Traceback" not in out.stderr, out.stderr[-3000:]
+        last = out.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: Sweep stopped by SIGTERM"), out.stderr[-3000:]
+        assert "ckpt_path" not in last, last
+        return last
+
+    first = run_command(entry("-m", *args, "seed=1,2,2", f"hydra.sweep.dir={sweep}"), tmp_path)
+    last = stopped_line(first)
+    assert "#0 finished; job(s) #1 stopped; job(s) #2 did not start" in last, last
+    command = printed_command(last)
+    assert command[-1] == f"hydra.sweep.dir={sweep}" and "seed=1,2,2" in command, command
+    assert not (sweep / "1" / "summary.json").exists() and not (sweep / "2").exists()
+    before = snapshot(sweep)
+    overrides = before["1/.hydra/overrides.yaml"][0]
+    assert b"seed=2" in overrides and b"ckpt_path" not in overrides
+
+    # the printed command continues it: job #1 from its checkpoint; job #2 is stopped in turn
+    second = run_command(command, tmp_path)
+    assert (
+        "Continuing the sweep: 1 job(s) finished (kept as they are), 1 to continue from their "
+        "checkpoints/last.ckpt, 1 to run\n" in second.stdout
+    ), second.stdout
+    last = stopped_line(second)
+    assert "#0, #1 finished; job(s) #2 stopped. Continue" in last, last
+    assert printed_command(last) == command
+    middle = snapshot(sweep)
+    # the finished job: not touched, not even its job_output.log
+    assert jobs_of(middle, "0") == jobs_of(before, "0")
+
+    third = run_command(command, tmp_path)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert (
+        "Continuing the sweep: 2 job(s) finished (kept as they are), 1 to continue from their "
+        "checkpoints/last.ckpt, 0 to run\n" in third.stdout
+    ), third.stdout
+    assert jobs_of(snapshot(sweep), "0", "1") == jobs_of(middle, "0", "1")
+
+    _, err = reference.communicate(timeout=300)
+    assert reference.returncode == 0, err[-3000:]
+    for job in (sweep / "1", sweep / "2"):
+        # the continued job's record is the uninterrupted one's: no row missing or twice, the
+        # same losses to the last digit
+        assert metrics_rows(job) == metrics_rows(ref)
+        assert [int(r["step"]) for r in metrics_rows(job) if r["train/loss"]] == list(range(6))
+        assert (job / "samples.jsonl").read_text() == (ref / "samples.jsonl").read_text()
+        summary, ref_summary = (json.loads((d / "summary.json").read_text()) for d in (job, ref))
+        for metrics in (summary["metrics"], ref_summary["metrics"]):
+            del metrics["train/tokens_per_sec"]  # timing
+        assert summary["metrics"] == ref_summary["metrics"]
+        assert (summary["global_step"], summary["epochs"]) == (6, ref_summary["epochs"])
+        assert "continued by the sweep" in (job / "job_output.log").read_text()
+    # its overrides are its own: the report groups jobs by them
+    assert (sweep / "1" / ".hydra" / "overrides.yaml").read_bytes() == overrides
+
+
+def test_the_continue_command_is_the_sweeps_own_with_its_directory(tmp_path, monkeypatch):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    odd = tmp_path / "my sweeps" / "it's here"
+    monkeypatch.setattr(sys.modules["__main__"], "__spec__", None)  # python <script>, not -m
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "training/run_experiment.py",
+            "-m",
+            "logger=[csv,tensorboard]",
+            "seed=1,2",
+            "hydra.sweep.dir=x",
+        ],
+    )
+    words = shlex.split(continue_command(odd))
+    # the shell gives Hydra the same words, and Hydra one quoted directory
+    assert words == [
+        "python",
+        "training/run_experiment.py",
+        "-m",
+        "logger=[csv,tensorboard]",
+        "seed=1,2",
+        "hydra.sweep.dir='" + str(odd).replace("'", "\\'") + "'",
+    ]
+    assert OverridesParser.create().parse_override(words[-1]).value() == str(odd)
+    monkeypatch.setattr(sys, "argv", ["training/run_experiment.py", "seed=1"])
+    assert shlex.split(continue_command(tmp_path))[2:] == [
+        "-m",
+        "seed=1",
+        f"hydra.sweep.dir={tmp_path}",
+    ]
+
+
+def test_a_directory_holding_another_sweep_is_refused_as_it_is(tmp_path):
+    # a sweep of two jobs (its job list, sweep.json), continued with overrides that make three
+    sweep = tmp_path / "sweep"
+    jobs = [
+        {"num": n, "dir": str(n), "overrides": ["model=gpt-nano", f"seed={n + 1}"]} for n in (0, 1)
+    ]
+    (sweep / "0" / ".hydra").mkdir(parents=True)
+    (sweep / "sweep.json").write_text(json.dumps({"jobs": jobs}))
+    (sweep / "multirun.yaml").write_text("earlier: sweep\n")
+    before = snapshot(sweep)
+    out = run_command(
+        entry("-m", "model=gpt-nano", "seed=1,2,3", f"hydra.sweep.dir={sweep}"), tmp_path
+    )
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    (line,) = error_lines(out.stderr)
+    assert (
+        f"hydra.sweep.dir={sweep} holds a sweep with other overrides (it holds 2 job(s), " in line
+    )
+    assert "the overrides given make 3); to continue it give the overrides it was started" in line
+    assert snapshot(sweep) == before  # not even Hydra's multirun.yaml rewritten
+
+
+def test_a_sweep_is_compared_with_the_job_list_it_recorded(tmp_path):
+    from hydra_plugins.llm_scratch_launcher.continuation import check_same_sweep, write_manifest
+
+    asked = {0: ["model=gpt-nano", "seed=1"], 1: ["model=gpt-nano", "seed=2"]}
+    dirs = {n: tmp_path / str(n) for n in asked}
+    assert check_same_sweep(tmp_path, asked, dirs, whole=True) is False  # nothing there yet
+    # a sweep from before sweep.json: each started job's .hydra/overrides.yaml
+    (tmp_path / "0" / ".hydra").mkdir(parents=True)
+    (tmp_path / "0" / ".hydra" / "overrides.yaml").write_text("- seed=1\n- model=gpt-nano\n")
+    assert check_same_sweep(tmp_path, asked, dirs, whole=True) is True  # the order is no matter
+    with pytest.raises(
+        UserError,
+        match="its job #0 has seed=1 model=gpt-nano, the overrides given make model=gpt-nano seed=7",
+    ):
+        check_same_sweep(tmp_path, {0: ["model=gpt-nano", "seed=7"]}, dirs, whole=True)
+    (tmp_path / "5" / ".hydra").mkdir(parents=True)
+    with pytest.raises(
+        UserError, match="it holds job folder.s. 5, which the overrides given do not"
+    ):
+        check_same_sweep(tmp_path, asked, dirs, whole=True)
+    (tmp_path / "5" / ".hydra").rmdir()
+    # the job list, written once
+    write_manifest(tmp_path, asked, dirs)
+    listed = (tmp_path / "sweep.json").read_bytes()
+    write_manifest(tmp_path, asked, dirs)
+    assert (tmp_path / "sweep.json").read_bytes() == listed
+    assert check_same_sweep(tmp_path, asked, dirs, whole=True) is True
+    with pytest.raises(UserError, match="it holds 2 job.s., the overrides given make 1"):
+        check_same_sweep(tmp_path, {0: asked[0]}, dirs, whole=True)
+    (tmp_path / "sweep.json").write_text("{not json")
+    with pytest.raises(UserError, match="Cannot read the sweep's job list"):
+        check_same_sweep(tmp_path, asked, dirs, whole=True)
+
+
+def test_a_continued_job_keeps_the_rows_before_its_checkpoint(tmp_path, monkeypatch):
+    # as a job killed (SIGKILL) 4 steps after its last checkpoint (step 6) leaves it: rows up to
+    # step 9, the last one cut short; samples after the checkpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    from llm_scratch.train.sweep_resume import continued_sweep_job, drop_rows_after_checkpoint
+
+    job = tmp_path / "3"
+    (job / "checkpoints").mkdir(parents=True)
+    torch.save({"global_step": 6}, job / "checkpoints" / "last.ckpt")
+    header = "epoch,step,train/loss,val/loss\r\n"
+    rows = [f"0,{s},{4 - s / 10},\r\n" for s in range(10)]
+    rows.insert(3, "0,2,,3.9\r\n")  # the validation after step 2's batch
+    (job / "metrics.csv").write_text(header + "".join(rows) + "0,10,3.", newline="")
+    samples = [json.dumps({"epoch": 0, "step": s, "text": "x"}) + "\n" for s in (3, 6, 9)]
+    (job / "samples.jsonl").write_text("".join(samples))
+
+    logger = CSVLogger(save_dir=str(job), name="", version="")
+    assert continued_sweep_job(job) is None  # not a continued sweep job: nothing done
+    drop_rows_after_checkpoint([logger], job)
+    assert (job / "samples.jsonl").read_text() == "".join(samples)
+
+    monkeypatch.setenv(CONTINUE_ENV, str(job))
+    assert continued_sweep_job(tmp_path / "another") is None
+    assert continued_sweep_job(job) == str(job / "checkpoints" / "last.ckpt")
+    drop_rows_after_checkpoint([logger], job)
+    # the continued run logs from step 6 on, a new column too
+    logger.log_metrics({"train/loss": 3.3, "train/lr": 0.1}, step=6)
+    logger.save()
+    with (job / "metrics.csv").open(newline="") as f:
+        text = f.read()
+    # Lightning's own rewrite for a new column, then its row: rows of steps 0 to 5, once each
+    kept = [f"0,{s},{4 - s / 10},,\r\n" for s in range(6)]
+    kept.insert(3, "0,2,,,3.9\r\n")
+    assert text == "epoch,step,train/loss,train/lr,val/loss\r\n" + "".join(kept) + ",6,3.3,0.1,\r\n"
+    assert (job / "samples.jsonl").read_text() == "".join(samples[:2])
+    # nothing left aside
+    assert sorted(p.name for p in job.iterdir()) == ["checkpoints", "metrics.csv", "samples.jsonl"]
+
+
+@pytest.mark.slow
+def test_a_sweep_stopped_while_its_job_starts_continues_with_the_printed_command(tmp_path):
+    # the jobs are stopped before they trained: no checkpoint to continue from; two at a time
+    # (the parallel launcher's way, hydra/launcher=gpu_parallel without the GPUs)
+    sweep = tmp_path / "sweep"
+    args = [*STOPPABLE, "seed=1,2", "hydra.launcher.parallel_jobs=2", f"hydra.sweep.dir={sweep}"]
+    parent = subprocess.Popen(
+        entry("-m", *args),
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not (sweep / "0" / "job_output.log").exists():
+        assert parent.poll() is None, parent.communicate()[1][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    parent.send_signal(signal.SIGTERM)
+    _, err = parent.communicate(timeout=120)
+    assert parent.returncode == 143, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert "#0" in last and "finished;" not in last and "ckpt_path" not in last, last
+    assert "hydra.launcher.parallel_jobs=2" in last, last
+    assert not (sweep / "0" / "checkpoints").exists()
+    # what an attempt that logged rows but saved no checkpoint leaves
+    (sweep / "0" / "metrics.csv").write_text("epoch,step,train/loss\n0,0,99.0\n")
+    (sweep / "0" / "samples.jsonl").write_text('{"epoch": 0, "step": 3, "text": "stale"}\n')
+
+    continued = run_command(printed_command(last), tmp_path)
+    assert continued.returncode == 0, continued.stderr[-3000:]
+    assert re.search(
+        r"Continuing the sweep: 0 job\(s\) finished \(kept as they are\), 0 to continue from "
+        r"their checkpoints/last.ckpt, 2 to run \([12] of them started but saved no checkpoint",
+        continued.stdout,
+    ), continued.stdout
+    for job in ("0", "1"):
+        rows = read_metrics(sweep / job)
+        assert [int(r["step"]) for r in rows if r["train/loss"]] == list(range(6))
+        assert "99.0" not in {r["train/loss"] for r in rows}
+        assert "stale" not in (sweep / job / "samples.jsonl").read_text()
+        assert json.loads((sweep / job / "summary.json").read_text())["global_step"] == 6
+
+
+def test_the_slurm_launcher_refuses_a_directory_that_holds_jobs(tmp_path):
+    from hydra_plugins.llm_scratch_launcher.slurm_launcher import SlurmLauncher
+
+    sweep = tmp_path / "sweep"
+    (sweep / "0" / ".hydra").mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("earlier: sweep\n")
+    launcher = SlurmLauncher()
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}})
+    launcher.setup(hydra_context=None, task_function=None, config=config)
+    (sweep / "multirun.yaml").write_text("this: sweep\n")  # what Hydra's sweeper does
+    with pytest.raises(UserError, match="already holds sweep jobs .0.; with hydra/launcher=slurm"):
+        launcher.launch([["seed=1"]], initial_job_idx=0)
+    assert (sweep / "multirun.yaml").read_text() == "earlier: sweep\n"
+
+
+def test_a_sweep_directory_in_use_is_refused(tmp_path):
+    from hydra_plugins.llm_scratch_launcher.continuation import sweep_lock
+
+    busy = f"in use by a sweep still running .pid {os.getpid()}"
+    with sweep_lock(tmp_path), pytest.raises(UserError, match=busy), sweep_lock(tmp_path):
+        pass
+    with sweep_lock(tmp_path):  # released when the sweep ends
+        pass

@@ -14,8 +14,10 @@ that starts later gets the GPUs a finished one gave back.
 Each job's output goes to ``job_output.log`` in its directory (and, one job at a time, also to
 the console). A failed job ends the sweep with one ``error:`` line naming it. SIGTERM or SIGINT
 (Ctrl-C) to the sweep is passed on to the running jobs as SIGTERM: they save ``last.ckpt`` and
-stop, no further job starts, and the sweep exits 143 (130 for SIGINT) with one line saying how
-to continue.
+stop, no further job starts, and the sweep exits 143 (130 for SIGINT) with one line giving the
+command that continues it: the same command with ``hydra.sweep.dir=<its directory>``, which skips
+the finished jobs, continues the stopped ones from their ``last.ckpt`` in their own directories
+and runs the rest (see ``continuation.py``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,17 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from hydra_plugins.llm_scratch_launcher.continuation import (
+    CONTINUE_ENV,
+    JobState,
+    MultirunYaml,
+    check_same_sweep,
+    continue_command,
+    job_state,
+    prepare_restart,
+    sweep_lock,
+    write_manifest,
+)
 from llm_scratch.errors import Preempted, UserError
 
 log = logging.getLogger(__name__)
@@ -89,6 +102,8 @@ class SubprocessLauncher(Launcher):
     ) -> None:
         self.config = config
         self.hydra_context = hydra_context
+        # put back if the directory is refused (it holds a sweep of other overrides)
+        self._multirun_yaml = MultirunYaml(config)
 
     def _device_groups(self) -> list[str | None]:
         if not self.devices_per_job:
@@ -117,40 +132,96 @@ class SubprocessLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
+        existed = any(p.name != "multirun.yaml" for p in sweep_dir.iterdir())
         groups = self._device_groups()
+        jobs = [(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
+        self._stop = _Stop()
+        with self._stop.forwarding():
+            configs = {idx: self._job_config(idx, overrides) for idx, overrides in jobs}
+            job_dirs = {idx: _job_dir(c) for idx, c in configs.items()}
+            # one batch (Hydra's default): these are all the sweep's jobs
+            max_batch = self.config.hydra.sweeper.get("max_batch_size")
+            whole = initial_job_idx == 0 and max_batch is None
+            with contextlib.ExitStack() as locked:
+                try:
+                    continuing = existed and check_same_sweep(
+                        sweep_dir, dict(jobs), job_dirs, whole=whole
+                    )
+                    locked.enter_context(sweep_lock(sweep_dir))
+                except UserError:  # refused: the directory is left as it was
+                    self._multirun_yaml.restore()
+                    raise
+                return self._launch(jobs, configs, job_dirs, sweep_dir, continuing, groups)
+
+    def _launch(
+        self,
+        jobs: list[tuple[int, list[str]]],
+        configs: dict[int, DictConfig],
+        job_dirs: dict[int, Path],
+        sweep_dir: Path,
+        continuing: bool,
+        groups: list[str | None],
+    ) -> Sequence[JobReturn]:
+        write_manifest(sweep_dir, dict(jobs), job_dirs)
+        states = {idx: job_state(job_dirs[idx]) for idx, _ in jobs}
+        self._command = continue_command(sweep_dir)
         slots: queue.Queue = queue.Queue()
         for group in groups:
             slots.put(group)
         where = f", each on GPU(s) {' / '.join(groups)}" if self.devices_per_job else ""
-        # in full: report.py and a stopped job's ckpt_path need this directory
+        # in full: report.py and the command that continues a stopped sweep need this directory
         log.info("Sweep directory: %s", sweep_dir.resolve())
+        if continuing:
+            count = {s: sum(1 for v in states.values() if v == s) for s in JobState}
+            restarting = (
+                f" ({count[JobState.RESTART]} of them started but saved no checkpoint: afresh)"
+            )
+            log.info(
+                "Continuing the sweep: %d job(s) finished (kept as they are), %d to continue from "
+                "their checkpoints/last.ckpt, %d to run%s",
+                count[JobState.FINISHED],
+                count[JobState.CONTINUE],
+                count[JobState.RUN] + count[JobState.RESTART],
+                restarting if count[JobState.RESTART] else "",
+            )
+        to_start = sum(1 for v in states.values() if v != JobState.FINISHED)
         log.info(
             "Launching %d jobs, %d at a time, each in its own process%s",
-            len(job_overrides),
-            len(groups),
+            to_start,
+            min(len(groups), max(to_start, 1)),
             where,
         )
-        jobs = [(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
-        self._stop = _Stop()
 
         def run(job: tuple[int, list[str]]) -> JobReturn | None:
+            idx, overrides = job
+            if states[idx] == JobState.FINISHED:
+                return self._finished(idx, overrides, configs[idx], job_dirs[idx])
             group = slots.get()
             try:
                 if self._stop.signal is not None:  # stopped: start no further job
                     return None
-                return self._run_one(job[0], job[1], sweep_dir, group, quiet=len(groups) > 1)
+                return self._run_one(
+                    idx,
+                    overrides,
+                    configs[idx],
+                    sweep_dir,
+                    states[idx],
+                    group,
+                    quiet=len(groups) > 1,
+                )
             finally:
                 slots.put(group)
 
-        with self._stop.forwarding(), ThreadPoolExecutor(max_workers=len(groups)) as pool:
+        with ThreadPoolExecutor(max_workers=len(groups)) as pool:
             results = list(pool.map(run, jobs))
         if self._stop.signal is not None:
-            raise _stopped_error(self._stop.signal, jobs, results)
+            raise _stopped_error(self._stop.signal, jobs, results, self._command)
         failed = [r for r in results if r.status == JobStatus.FAILED]
         for r in failed:  # the sweeper raises the first one: say how many there were
             r._return_value.args = (
                 f"{r._return_value} ({len(failed)} of {len(results)} job(s) failed; the sweep "
-                f"is in {sweep_dir.resolve()})",
+                f"is in {sweep_dir.resolve()}). To run the failed job(s) again, keeping the "
+                f"finished ones: {self._command}",
             )
         log.info(
             "Sweep directory: %s; its report: python training/report.py %s",
@@ -159,14 +230,45 @@ class SubprocessLauncher(Launcher):
         )
         return results
 
-    def _run_one(
-        self, idx: int, overrides: list[str], sweep_dir: Path, gpus: str | None, quiet: bool
-    ) -> JobReturn:
+    def _job_config(self, idx: int, overrides: list[str]) -> DictConfig:
         sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
         with open_dict(sweep_config):
             sweep_config.hydra.job.id = idx
             sweep_config.hydra.job.num = idx
-        job_dir = Path(str(sweep_config.hydra.sweep.dir)) / str(sweep_config.hydra.sweep.subdir)
+        return sweep_config
+
+    def _job_return(
+        self, overrides: list[str], sweep_config: DictConfig, job_dir: Path
+    ) -> _JobReturn:
+        return _JobReturn(
+            overrides=overrides,
+            cfg=OmegaConf.masked_copy(sweep_config, [k for k in sweep_config if k != "hydra"]),
+            hydra_cfg=sweep_config,
+            working_dir=str(job_dir),
+            task_name=str(sweep_config.hydra.job.name),
+        )
+
+    def _finished(
+        self, idx: int, overrides: list[str], sweep_config: DictConfig, job_dir: Path
+    ) -> JobReturn:
+        """A job that finished in an earlier run of the sweep: its directory is only read."""
+        log.info("\t#%d : %s (finished earlier: kept)", idx, " ".join(filter_overrides(overrides)))
+        ret = self._job_return(overrides, sweep_config, job_dir)
+        ret.status = JobStatus.COMPLETED
+        ret.return_value = _val_loss(job_dir)
+        return ret
+
+    def _run_one(
+        self,
+        idx: int,
+        overrides: list[str],
+        sweep_config: DictConfig,
+        sweep_dir: Path,
+        state: JobState,
+        gpus: str | None,
+        quiet: bool,
+    ) -> JobReturn:
+        job_dir = _job_dir(sweep_config)
         command = [
             *script_command(),
             *overrides,
@@ -176,25 +278,34 @@ class SubprocessLauncher(Launcher):
             f"hydra.job.id={idx}",
         ]
         env = dict(os.environ)
+        env.pop(CONTINUE_ENV, None)
         env[SWEEP_ID_ENV] = f"{sweep_config.task_name}-{sweep_dir.name}"
         env["PYTHONUNBUFFERED"] = "1"  # its lines reach the console and job_output.log at once
         if gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpus
-        log.info("\t#%d : %s%s", idx, " ".join(filter_overrides(overrides)), _on(gpus))
+        how = ""
+        if state == JobState.CONTINUE:
+            # the job continues from its own last.ckpt, in its own directory (not an override:
+            # its .hydra/overrides.yaml stays the job's own)
+            env[CONTINUE_ENV] = str(job_dir.resolve())
+            how = " (continuing from its checkpoints/last.ckpt)"
+        elif state == JobState.RESTART:
+            prepare_restart(job_dir, sweep_dir)
+            how = " (started earlier but saved no checkpoint: afresh)"
+        log.info("\t#%d : %s%s%s", idx, " ".join(filter_overrides(overrides)), how, _on(gpus))
         job_dir.mkdir(parents=True, exist_ok=True)
         start = time.time()
         # Its output always goes to job_output.log (an error line is otherwise only on the
-        # console); one job at a time it is also copied to the console.
-        with (job_dir / "job_output.log").open("wb") as out:
+        # console); one job at a time it is also copied to the console. A continued job's
+        # output follows what it printed before it was stopped.
+        mode = "ab" if state == JobState.CONTINUE else "wb"
+        with (job_dir / "job_output.log").open(mode) as out:
+            if state == JobState.CONTINUE:
+                out.write(f"\n--- continued by the sweep at {time.ctime()} ---\n".encode())
+                out.flush()
             code = self._stop.run(command, env, out, to_console=not quiet)
         log.info("\t#%d finished in %.0fs with exit code %d", idx, time.time() - start, code)
-        ret = _JobReturn(
-            overrides=overrides,
-            cfg=OmegaConf.masked_copy(sweep_config, [k for k in sweep_config if k != "hydra"]),
-            hydra_cfg=sweep_config,
-            working_dir=str(job_dir),
-            task_name=str(sweep_config.hydra.job.name),
-        )
+        ret = self._job_return(overrides, sweep_config, job_dir)
         if code == 0:
             ret.status = JobStatus.COMPLETED
             ret.return_value = _val_loss(job_dir)
@@ -206,6 +317,10 @@ class SubprocessLauncher(Launcher):
                 code,
             )
         return ret
+
+
+def _job_dir(sweep_config: DictConfig) -> Path:
+    return Path(str(sweep_config.hydra.sweep.dir)) / str(sweep_config.hydra.sweep.subdir)
 
 
 class _JobReturn(JobReturn):
@@ -323,24 +438,33 @@ def _copy(pipe: BinaryIO, console: TextIO, out: BinaryIO, lock: threading.Lock) 
 
 
 def _stopped_error(
-    signum: int, jobs: list[tuple[int, list[str]]], results: list[JobReturn | None]
+    signum: int,
+    jobs: list[tuple[int, list[str]]],
+    results: list[JobReturn | None],
+    command: str,
 ) -> Preempted:
-    """One line: which jobs were stopped (and how to continue each), which never started."""
+    """One line: which jobs finished, were stopped and did not start, and the one command that
+    continues the sweep."""
     name = signal.Signals(signum).name
-    stopped = [
-        f"python training/run_experiment.py {' '.join(r.overrides)} ckpt_path={r.working_dir}"
-        for r in results
-        if r is not None and r.status == JobStatus.FAILED
-    ]
-    not_started = [f"#{idx}" for (idx, _), r in zip(jobs, results, strict=True) if r is None]
+    done, stopped, not_started = [], [], []
+    for (idx, _), r in zip(jobs, results, strict=True):
+        if r is None:
+            not_started.append(f"#{idx}")
+        elif r.status == JobStatus.COMPLETED or job_state(Path(r.working_dir)) == JobState.FINISHED:
+            done.append(f"#{idx}")
+        else:
+            stopped.append(f"#{idx}")
     parts = [f"Sweep stopped by {name}"]
+    if done:
+        parts.append(f"job(s) {', '.join(done)} finished")
     if stopped:
-        parts.append(
-            f"continue the stopped job(s) from their last.ckpt with: {' ; '.join(stopped)}"
-        )
+        parts.append(f"job(s) {', '.join(stopped)} stopped")
     if not_started:
-        parts.append(f"job(s) {', '.join(not_started)} did not start: run them again with -m")
-    error = Preempted("; ".join(parts) + ".")
+        parts.append(f"job(s) {', '.join(not_started)} did not start")
+    error = Preempted(
+        "; ".join(parts) + ". Continue the sweep (finished jobs are kept, stopped ones continue "
+        f"from their last.ckpt, the others run) with: {command}"
+    )
     error.exit_code = 128 + signum
     return error
 

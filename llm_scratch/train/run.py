@@ -34,6 +34,7 @@ from llm_scratch.train.loggers import build_loggers, finish_loggers, route_light
 from llm_scratch.train.module import GPTLightningModule
 from llm_scratch.train.optim import OptimizerConfig, SchedulerConfig
 from llm_scratch.train.summary import write_run_summary
+from llm_scratch.train.sweep_resume import continued_sweep_job, drop_rows_after_checkpoint
 from llm_scratch.train.validate import validate_config
 from llm_scratch.utils.io import atomic_write_text
 
@@ -89,7 +90,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = (
         None if given is None else str(resolve_checkpoint(given, "resume", cfg.paths.log_dir))
     )
-    _check_output_dir(output_dir, ckpt_path)
+    if (continued := continued_sweep_job(output_dir)) is None:  # else a stopped sweep's job
+        _check_output_dir(output_dir, ckpt_path)
+    ckpt_path = continued or ckpt_path
     written: list[Path] = []  # the files this call writes into the run directory
     try:
         return _train(cfg, output_dir, ckpt_path, started, written)
@@ -121,6 +124,7 @@ def _train(
     if ckpt_path is not None:  # refused here, with one line, rather than deep inside Lightning
         check_resume_checkpoint(ckpt_path, asdict(model_config), tokenizer.to_dict())
     loggers = build_loggers(cfg)
+    drop_rows_after_checkpoint(loggers, output_dir)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=build_callbacks(cfg),
