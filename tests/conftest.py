@@ -34,3 +34,18 @@ def shared_data_dir() -> Path:
     if not (path / "the-verdict.txt").is_file():
         pytest.skip(f"shared test data not found in {path}")
     return path
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the tests marked ``gpu`` where torch sees no CUDA GPU (as lightning-hydra-template's
+    ``RunIf(min_gpus=1)``); torch is imported only when such a test is collected."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (marked gpu; run by scripts/gpu_check.sh)")
+    for item in gpu_items:
+        item.add_marker(skip)

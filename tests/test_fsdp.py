@@ -304,3 +304,29 @@ def test_trainer_fsdp_composes_and_refuses_what_it_cannot_train_with(tmp_path):
             compose_config(["trainer=fsdp", "+trainer.strategy.tensor_parallel_size=2"], tmp_path)
         )
     validate_config(compose_config(["trainer=ddp", "trainer.precision=16-mixed"], tmp_path))
+
+
+@pytest.mark.slow
+def test_sharded_checkpoint_exports_to_gpt2_and_starts_a_sharded_fine_tune(sharded, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    model, _, _ = load_model(sharded / "checkpoints" / "last.ckpt")
+    model.save_hf(tmp_path / "gpt2")
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "gpt2").eval()
+    x = torch.randint(0, model.config.vocab_size, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, model(x)[0], rtol=0, atol=1e-4)
+    # init_from=<the sharded run>: its weights, loaded before this run shards them again
+    tuned = tmp_path / "tuned"
+    train(tuned, *SHARDED, f"init_from={sharded}", "trainer.max_steps=2")
+    assert global_losses(tuned)[1] < global_losses(sharded)[1] - 0.1
+
+
+def test_trainer_fsdp_on_several_nodes_through_the_slurm_launcher(tmp_path):
+    cfg = compose_config(
+        ["hydra/launcher=slurm", "trainer=fsdp", "trainer.devices=4", "trainer.num_nodes=2"],
+        tmp_path,
+    )
+    launcher = cfg.hydra.launcher
+    assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node) == (2, 4, 4)
+    assert cfg.trainer.num_nodes == 2 and cfg.trainer.devices == 4
+    validate_config(cfg)
