@@ -12,7 +12,7 @@ import torch
 from llm_scratch.bench import attention, data, generation, overhead, throughput
 from llm_scratch.bench.__main__ import main
 from llm_scratch.bench.common import measure_matmul_peak, peak_flops
-from llm_scratch.train.run import train
+from llm_scratch.train.job import train
 from llm_scratch.utils.flops import known_peak_flops
 from tests.helpers import FAST, compose_config
 from tests.test_train import column, read_metrics

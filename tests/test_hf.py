@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from llm_scratch.errors import UserError
 from llm_scratch.model import GPT, GPTConfig
+from llm_scratch.train.job import train
 from llm_scratch.train.module import GPTLightningModule
-from llm_scratch.train.run import train
 from tests.helpers import FAST, compose_config
 
 transformers = pytest.importorskip("transformers")

@@ -28,7 +28,7 @@ from llm_scratch.data.tokenizers import BPETokenizer
 from llm_scratch.errors import UserError
 from llm_scratch.sample import main as sample_main
 from llm_scratch.sample import sample_responses
-from llm_scratch.train.run import train
+from llm_scratch.train.job import train
 from tests.helpers import FAST, compose_config
 
 EOS = 50256

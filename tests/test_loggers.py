@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from llm_scratch.train.run import train
+from llm_scratch.train.job import train
 from tests.helpers import FAST, compose_config
 
 ONE_EPOCH = [*FAST, "trainer.max_epochs=1", "callbacks.text_sampler.max_new_tokens=3"]

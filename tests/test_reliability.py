@@ -24,8 +24,8 @@ from llm_scratch.errors import NonFiniteLossError, UserError, one_line
 from llm_scratch.model import GPTConfig
 from llm_scratch.train.checkpointing import AtomicCheckpointIO
 from llm_scratch.train.failures import training_errors
+from llm_scratch.train.job import train
 from llm_scratch.train.module import GPTLightningModule
-from llm_scratch.train.run import train
 from llm_scratch.utils import io as io_utils
 from llm_scratch.utils.io import atomic_write_text
 from tests.helpers import CONFIG_DIR, FAST, compose_config, run_cli

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llm_scratch.train.run import train
+from llm_scratch.train.job import train
 from tests.helpers import FAST, REPO, compose_config
 
 # gpt-nano (dropout 0.1), char-level Verdict: 23 batches per epoch, 2 epochs = 46 steps,

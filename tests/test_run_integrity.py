@@ -15,8 +15,8 @@ import torch
 from llm_scratch.checkpoint import load_model
 from llm_scratch.errors import Preempted
 from llm_scratch.model import GPT, GPTConfig
+from llm_scratch.train.job import train
 from llm_scratch.train.module import GPTLightningModule
-from llm_scratch.train.run import train
 from tests.helpers import FAST, compose_config
 
 # gpt-nano, char-level Verdict: 23 batches of 24 windows of 32 characters per epoch.
@@ -163,7 +163,7 @@ def test_load_from_checkpoint_of_a_fine_tuned_run_gives_the_trained_weights(tmp_
     ids=["warns", "validates-in-time", "validation-off"],
 )
 def test_max_steps_before_the_first_validation_warns(tmp_path, caplog, overrides, warns):
-    caplog.set_level(logging.WARNING, logger="llm_scratch.train.run")
+    caplog.set_level(logging.WARNING, logger="llm_scratch.train.job")
     train(compose_config([*TINY, *overrides], tmp_path))
     warned = [r for r in caplog.records if "before its first validation" in r.getMessage()]
     assert len(warned) == int(warns), caplog.text

@@ -18,11 +18,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from hydra_plugins.llm_scratch_launcher.continuation import CONTINUE_ENV, continue_command
+from hydra_plugins.llm_scratch_launcher.continuation import continue_command
 from hydra_plugins.llm_scratch_launcher.subprocess_launcher import SubprocessLauncher
 from llm_scratch.errors import UserError
 from llm_scratch.report import collect_jobs
-from llm_scratch.train.run import train
+from llm_scratch.sweep_env import CONTINUE_ENV
+from llm_scratch.train.job import train
 from tests.helpers import FAST, REPO, compose_config
 from tests.test_train import column, read_metrics
 

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 
 from llm_scratch.errors import UserError
 from llm_scratch.model import GPTConfig
-from llm_scratch.train.run import train
+from llm_scratch.train.job import train
 from llm_scratch.train.validate import validate_config
 from tests.helpers import FAST, REPO, compose_config, option_names, run_cli
 

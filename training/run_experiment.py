@@ -14,11 +14,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from hydra_plugins.llm_scratch_launcher.subprocess_launcher import SWEEP_ID_ENV
 from llm_scratch.compat import one_line_hydra_errors
+from llm_scratch.sweep_env import SWEEP_ID_ENV
 from llm_scratch.train.compose import CONFIG_DIR
 from llm_scratch.train.config_store import register_configs
-from llm_scratch.train.run import train_or_exit
+from llm_scratch.train.job import train_or_exit
 
 register_configs()  # the typed schemas and generated options, before Hydra composes
 

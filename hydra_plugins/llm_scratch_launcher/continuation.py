@@ -32,7 +32,6 @@ from llm_scratch.utils.io import atomic_write_bytes, atomic_write_text
 # Set by the launcher for a job it continues: the job's directory, where the job continues from
 # its own checkpoints/last.ckpt (a user's ckpt_path=<run dir> hydra.run.dir=<same dir> stays
 # refused).
-CONTINUE_ENV = "LLM_SCRATCH_CONTINUE_JOB"
 # The sweep's jobs, written when it starts: a continuation must ask for the same jobs.
 MANIFEST = "sweep.json"
 LOCK = ".sweep.lock"

@@ -42,7 +42,6 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hydra_plugins.llm_scratch_launcher.continuation import (
-    CONTINUE_ENV,
     JobState,
     MultirunYaml,
     check_same_sweep,
@@ -53,10 +52,10 @@ from hydra_plugins.llm_scratch_launcher.continuation import (
     write_manifest,
 )
 from llm_scratch.errors import Preempted, UserError
+from llm_scratch.sweep_env import CONTINUE_ENV, SWEEP_ID_ENV
 
 log = logging.getLogger(__name__)
 
-SWEEP_ID_ENV = "LLM_SCRATCH_SWEEP_ID"
 # Hydra overrides of the sweep itself; a job runs as a single run and takes none of them.
 _SWEEP_ONLY = ("hydra.sweep", "hydra.sweeper", "hydra.launcher", "hydra/launcher", "hydra.mode")
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from hydra_plugins.llm_scratch_launcher.continuation import CONTINUE_ENV
 from llm_scratch.errors import UserError
+from llm_scratch.sweep_env import CONTINUE_ENV
 from llm_scratch.utils.io import atomic_open, atomic_write_text
 
 log = logging.getLogger(__name__)

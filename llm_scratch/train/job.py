@@ -1,8 +1,12 @@
-"""The training job behind ``training/run_experiment.py``: config in, trained run directory out."""
+"""The training job behind ``training/run_experiment.py``: config in, trained run directory out.
+
+:func:`train` reads as lightning-hydra-template's: check the config, instantiate the data, the
+model, the loggers, callbacks and the Trainer, fit, and write the run's summary. What a run
+directory may hold is run_dir.py's; continuing a stopped sweep's job, sweep_resume.py's.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -33,6 +37,7 @@ from llm_scratch.train.failures import training_errors
 from llm_scratch.train.loggers import build_loggers, finish_loggers, route_lightning_logs
 from llm_scratch.train.module import GPTLightningModule
 from llm_scratch.train.optim import OptimizerConfig, SchedulerConfig
+from llm_scratch.train.run_dir import check_run_dir, remove_unfinished
 from llm_scratch.train.summary import write_run_summary
 from llm_scratch.train.sweep_resume import continued_sweep_job, drop_rows_after_checkpoint
 from llm_scratch.train.validate import validate_config
@@ -41,44 +46,12 @@ from llm_scratch.utils.io import atomic_write_text
 log = logging.getLogger(__name__)
 
 
-def _check_output_dir(output_dir: Path, ckpt_path: str | None) -> None:
-    """A run never writes over an earlier run's results, not even the run it continues: the
-    CSV logger would start metrics.csv afresh, and a continuation gets its own directory."""
-    earlier = [p for p in ("checkpoints", "metrics.csv") if (output_dir / p).exists()]
-    if (
-        earlier
-        and ckpt_path is not None
-        and Path(ckpt_path).resolve().is_relative_to(output_dir.resolve())
-    ):
-        raise UserError(
-            f"ckpt_path={ckpt_path} would continue the run in its own directory {output_dir} "
-            "and overwrite its metrics.csv; leave hydra.run.dir at its default (or choose a new "
-            "one) so that the continuation gets a directory of its own."
-        )
-    if earlier:
-        raise UserError(
-            f"Run directory {output_dir} already holds a run ({', '.join(earlier)}). "
-            "Choose a new hydra.run.dir, or continue that run in a new directory: ckpt_path="
-            f"{output_dir} with hydra.run.dir left at its default."
-        )
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / ".write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise UserError(
-            f"Cannot write to the run directory {output_dir} ({error.strerror}). "
-            "Choose a writable place with hydra.run.dir=... or paths.log_dir=..."
-        ) from error
-
-
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train a GPT as ``cfg`` says; return the final metrics (``train/loss``, ``val/loss`` ...)."""
     started = time.time()
     route_lightning_logs()
     # The run directory already holds config.yaml and tokenizer.json when the CSV logger starts;
-    # _check_output_dir has made sure it holds no earlier metrics.
+    # check_run_dir has made sure it holds no earlier metrics.
     warnings.filterwarnings(
         "ignore", message="Experiment logs directory .* exists and is not empty"
     )
@@ -91,13 +64,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         None if given is None else str(resolve_checkpoint(given, "resume", cfg.paths.log_dir))
     )
     if (continued := continued_sweep_job(output_dir)) is None:  # else a stopped sweep's job
-        _check_output_dir(output_dir, ckpt_path)
+        check_run_dir(output_dir, ckpt_path)
     ckpt_path = continued or ckpt_path
     written: list[Path] = []  # the files this call writes into the run directory
     try:
         return _train(cfg, output_dir, ckpt_path, started, written)
     except Exception:
-        _remove_unfinished(output_dir, written)
+        remove_unfinished(output_dir, written)
         raise
 
 
@@ -209,23 +182,6 @@ def _check_corpus_exists(datamodule: Any) -> None:
     waits for the Trainer (prepare_data, setup)."""
     if not datamodule.is_named_corpus and not Path(datamodule.source).expanduser().exists():
         load_corpus(datamodule.source)  # raises its one-line "neither a named corpus..." error
-
-
-def _remove_unfinished(output_dir: Path, written: list[Path]) -> None:
-    """After a failure, remove the files this call wrote (config.yaml, tokenizer.json) if the run
-    left nothing else: no checkpoint, metrics, samples or logger files. Hydra's own files (.hydra/
-    and the log) stay, and so does anything an earlier run put there."""
-    ours = {path.resolve() for path in written}
-    for path in output_dir.rglob("*"):
-        relative = path.relative_to(output_dir)
-        hydras = relative.parts[0] == ".hydra" or (
-            len(relative.parts) == 1 and path.suffix == ".log"
-        )
-        if path.is_file() and not hydras and path.resolve() not in ours:
-            return  # the run produced something: keep its config and tokenizer with it
-    for path in written:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
 
 
 def train_or_exit(cfg: DictConfig) -> dict[str, Any]:

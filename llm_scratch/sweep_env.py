@@ -1,0 +1,7 @@
+"""The environment variables the sweep launcher (hydra_plugins/llm_scratch_launcher) sets for each
+job it starts, read by the job: named once here, below both."""
+
+# "<task_name>-<sweep directory name>": groups a sweep's jobs (W&B) and marks a process as a job
+SWEEP_ID_ENV = "LLM_SCRATCH_SWEEP_ID"
+# the job directory of a stopped sweep's job that is to continue from its own last.ckpt
+CONTINUE_ENV = "LLM_SCRATCH_CONTINUE_JOB"
