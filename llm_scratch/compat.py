@@ -2,8 +2,12 @@
 
 Each shim says which upstream behaviour it works around and the versions it was written and
 tested against (Lightning 2.6, Hydra 1.3). When upgrading either, read this file first: the
-tests that exercise each shim are named with it. Nothing here imports Lightning; Hydra is
-imported inside the function that patches it.
+tests that exercise each shim are named with it. Nothing here imports Lightning (the shims take
+the trainer they inspect); Hydra's public ``JobReturn`` is imported for the sweep launcher, its
+internals only inside the function that patches them. (One more workaround, of documented
+Hydra behaviour rather than its internals, stays with the launcher: the sweeper rewrites
+``multirun.yaml`` before a continued sweep is checked, see ``MultirunYaml`` in
+hydra_plugins/llm_scratch_launcher/continuation.py.)
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import os
 import sys
 from collections.abc import Iterator
 from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
 
 from llm_scratch.errors import (
     UserError,
@@ -123,6 +129,29 @@ def shard_data_parallel_over_all_devices(strategy: Any) -> None:
     """
     strategy._data_parallel_size = strategy.num_nodes * strategy.num_processes
     strategy._tensor_parallel_size = 1
+
+
+# ----------------------------------------------------------------------------- Hydra's sweeps
+class QuietJobReturn(JobReturn):
+    """Hydra's ``JobReturn`` for a sweep job run in its own process, without Hydra's "Error
+    executing job with overrides" line on top of the one ``error:`` line a failed job ends the
+    sweep with (the line names the overrides).
+
+    Hydra 1.3's ``JobReturn.return_value`` logs that line and re-raises the stored exception when
+    the job failed; the sweeper reads it for every job. This raises the stored exception without
+    logging it. Written against hydra-core 1.3.2 to 1.3.8; tests:
+    tests/test_errors_cli.py::test_failed_sweep_job_is_one_line_and_its_output_is_kept.
+    """
+
+    @property
+    def return_value(self) -> Any:
+        if self.status == JobStatus.FAILED:
+            raise self._return_value
+        return super().return_value
+
+    @return_value.setter
+    def return_value(self, value: Any) -> None:
+        self._return_value = value
 
 
 # ----------------------------------------------------------------------------- Hydra's reporting

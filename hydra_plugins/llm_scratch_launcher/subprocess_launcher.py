@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import BinaryIO, TextIO
 
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides
 from hydra.plugins.launcher import Launcher
@@ -51,6 +51,7 @@ from hydra_plugins.llm_scratch_launcher.continuation import (
     sweep_lock,
     write_manifest,
 )
+from llm_scratch.compat import QuietJobReturn
 from llm_scratch.errors import Preempted, UserError
 from llm_scratch.sweep_env import CONTINUE_ENV, SWEEP_ID_ENV
 
@@ -238,8 +239,8 @@ class SubprocessLauncher(Launcher):
 
     def _job_return(
         self, overrides: list[str], sweep_config: DictConfig, job_dir: Path
-    ) -> _JobReturn:
-        return _JobReturn(
+    ) -> QuietJobReturn:
+        return QuietJobReturn(
             overrides=overrides,
             cfg=OmegaConf.masked_copy(sweep_config, [k for k in sweep_config if k != "hydra"]),
             hydra_cfg=sweep_config,
@@ -320,21 +321,6 @@ class SubprocessLauncher(Launcher):
 
 def _job_dir(sweep_config: DictConfig) -> Path:
     return Path(str(sweep_config.hydra.sweep.dir)) / str(sweep_config.hydra.sweep.subdir)
-
-
-class _JobReturn(JobReturn):
-    """Hydra's ``JobReturn`` without its "Error executing job with overrides" line on top of the
-    one ``error:`` line a failed job ends the sweep with (the line names the overrides)."""
-
-    @property
-    def return_value(self) -> Any:
-        if self.status == JobStatus.FAILED:
-            raise self._return_value
-        return super().return_value
-
-    @return_value.setter
-    def return_value(self, value: Any) -> None:
-        self._return_value = value
 
 
 class JobFailed(UserError):
