@@ -37,7 +37,7 @@ from llm_scratch.train.failures import training_errors
 from llm_scratch.train.loggers import build_loggers, finish_loggers, route_lightning_logs
 from llm_scratch.train.module import GPTLightningModule
 from llm_scratch.train.optim import OptimizerConfig, SchedulerConfig
-from llm_scratch.train.run_dir import check_run_dir, remove_unfinished
+from llm_scratch.train.run_dir import claim_run_dir, is_main_process, remove_unfinished
 from llm_scratch.train.summary import write_run_summary
 from llm_scratch.train.sweep_resume import continued_sweep_job, drop_rows_after_checkpoint
 from llm_scratch.train.validate import validate_config
@@ -51,7 +51,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     started = time.time()
     route_lightning_logs()
     # The run directory already holds config.yaml and tokenizer.json when the CSV logger starts;
-    # check_run_dir has made sure it holds no earlier metrics.
+    # claim_run_dir has made sure it holds no earlier metrics.
     warnings.filterwarnings(
         "ignore", message="Experiment logs directory .* exists and is not empty"
     )
@@ -63,10 +63,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = (
         None if given is None else str(resolve_checkpoint(given, "resume", cfg.paths.log_dir))
     )
-    if (continued := continued_sweep_job(output_dir)) is None:  # else a stopped sweep's job
-        check_run_dir(output_dir, ckpt_path)
-    ckpt_path = continued or ckpt_path
     written: list[Path] = []  # the files this call writes into the run directory
+    # the directory is claimed (refused if in use or not empty), then .hydra/ written; a
+    # stopped sweep's job continues in its own, and the other processes of a run use the first's
+    if (continued := continued_sweep_job(output_dir)) is None and is_main_process():
+        written += claim_run_dir(output_dir, ckpt_path, cfg)
+    ckpt_path = continued or ckpt_path
     try:
         return _train(cfg, output_dir, ckpt_path, started, written)
     except Exception:

@@ -1,0 +1,148 @@
+"""Nothing overwritten, mixed or lost: a refused run leaves an earlier run's directory byte for
+byte, two runs never share a directory, a folder that is not a run is not written over. Real
+files and real processes (the entry point, two at once)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llm_scratch.errors import UserError
+from llm_scratch.train.job import train
+from llm_scratch.train.run_dir import CLAIM, claim_run_dir
+from tests.helpers import FAST, REPO, compose_config, read_metrics, run_cli
+
+TINY = [
+    *FAST,
+    "data.tokenizer=char",
+    "data.context_length=32",
+    "data.stride=null",
+    "data.batch_size=24",
+    "trainer.limit_val_batches=2",
+    "trainer.max_steps=4",
+    "trainer.val_check_interval=2",
+]
+SCRIPT = "training/run_experiment.py"
+
+
+def snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``directory``: its bytes and modification time."""
+    return {
+        str(p.relative_to(directory)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def one_error_line(out: subprocess.CompletedProcess, *words: str) -> str:
+    assert out.returncode == 2, (out.returncode, out.stderr[-3000:])
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1, out.stderr[-3000:]
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("cli") / "run"
+    out = run_cli(SCRIPT, *TINY, f"hydra.run.dir={run}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    return run
+
+
+def test_the_job_writes_hydra_files_after_claiming(cli_run):
+    overrides = yaml.safe_load((cli_run / ".hydra" / "overrides.yaml").read_text())
+    assert overrides == TINY  # the task's overrides, as Hydra writes them
+    config = yaml.safe_load((cli_run / ".hydra" / "config.yaml").read_text())
+    assert config["data"]["batch_size"] == 24 and "hydra" not in config
+    hydra = yaml.safe_load((cli_run / ".hydra" / "hydra.yaml").read_text())
+    assert hydra["hydra"]["run"]["dir"] == str(cli_run)
+    assert hydra["hydra"]["overrides"]["task"] == overrides
+    assert (cli_run / CLAIM).read_text().startswith("pid ")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [["ckpt_path={run}"], ["data.batch_size=0"], ["trainer.max_steps=8"]],
+    ids=["continue-into-itself", "bad-value", "same-dir-again"],
+)
+def test_a_refused_run_leaves_the_earlier_run_byte_for_byte(cli_run, extra):
+    before = snapshot(cli_run)
+    args = [a.format(run=cli_run) for a in extra]
+    out = run_cli(SCRIPT, *TINY, *args, f"hydra.run.dir={cli_run}")
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    assert snapshot(cli_run) == before
+
+
+@pytest.mark.parametrize(
+    "files",
+    [["config.yaml"], ["tokenizer.json"], ["summary.json", "hparams.yaml"], ["notes/a.txt"]],
+)
+def test_a_folder_that_is_not_a_run_is_refused_untouched(tmp_path, files):
+    folder = tmp_path / "mine"
+    for name in files:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(f"the user's own {name}\n")
+    before = snapshot(folder)
+    with pytest.raises(UserError, match="is not empty.*Choose a new or empty hydra.run.dir"):
+        train(compose_config(TINY, folder))
+    assert snapshot(folder) == before
+
+
+def test_an_empty_folder_or_one_with_only_logs_is_used(tmp_path):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    (folder / "train.log").write_text("an earlier attempt refused on its config\n")
+    train(compose_config([*TINY, "trainer.max_steps=1"], folder))
+    assert (folder / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_a_stale_claim_is_refused_with_its_holder(tmp_path):
+    folder = tmp_path / "run"
+    claim_run_dir(folder, None)
+    with pytest.raises(UserError, match=r"claimed by another run \(pid \d+ on .*delete .*claim"):
+        claim_run_dir(folder, None)
+
+
+def test_a_failed_run_leaves_its_directory_usable_again(tmp_path):
+    folder = tmp_path / "run"
+    with pytest.raises(UserError):  # fails in the data setup, after the claim
+        train(
+            compose_config([*TINY, "data.context_length=4096", "model.context_length=4096"], folder)
+        )
+    assert [p for p in folder.rglob("*")] == []
+    claim_run_dir(folder, None)
+
+
+def test_two_runs_started_at_once_in_one_directory(tmp_path):
+    """Two real processes, the same hydra.run.dir: one trains, the other is refused in one line,
+    and metrics.csv holds one run's rows."""
+    run = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    command = [sys.executable, SCRIPT, *TINY, f"hydra.run.dir={run}"]
+    processes = [
+        subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in processes]
+    for p in processes:
+        p.stdout.close()
+        p.stderr.close()
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    refused = next(err for code, err in results if code == 2)
+    lines = [ln for ln in refused.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in refused, refused[-3000:]
+    assert "claimed by another run" in lines[0] or "already holds a run" in lines[0], lines[0]
+    steps = [int(r["step"]) for r in read_metrics(run) if r.get("train/loss")]
+    assert steps == sorted(set(steps)) and len(steps) == 4, steps
