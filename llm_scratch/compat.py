@@ -42,6 +42,16 @@ def loggers_write_this_step(trainer: Any) -> bool:
     return connector is None or connector.should_update_logs or bool(trainer.fast_dev_run)
 
 
+def stop_at_batch_end(trainer: Any) -> None:
+    """Make Lightning stop training at the end of the current batch as after a SIGTERM: it raises
+    ``SIGTERMException`` there, and SigtermCheckpoint saves ``last.ckpt`` first (Ctrl-C is
+    handled so). Lightning 2.6's SIGTERM handler sets the private
+    ``trainer._signal_connector.received_sigterm``, which the loops read after each batch.
+    Tests: tests/test_run_dir.py::test_ctrl_c_saves_a_checkpoint_and_exits_130.
+    """
+    trainer._signal_connector.received_sigterm = True
+
+
 def epoch_cut_short_by_max_steps(trainer: Any) -> bool:
     """Whether ``max_steps`` ended this epoch before its last batch (Lightning 2.6's
     ``fit_loop.epoch_loop.batch_progress.is_last_batch``, a loop internal)."""
@@ -57,7 +67,7 @@ def start_next_epoch_plainly(trainer: Any) -> None:
     Lightning 2.6 has closed that epoch but starts the next one as if resumed inside it
     (``fit_loop.restarted_mid_epoch``), without counting it ready or calling
     ``on_train_epoch_start``, and a checkpoint of that epoch then resumes wrongly. Uses the loop
-    internal ``fit_loop.reset_restart_stage()``. Tests: tests/test_run_integrity.py.
+    internal ``fit_loop.reset_restart_stage()``. Tests: tests/test_resume.py.
     """
     fit = trainer.fit_loop
     progress = fit.epoch_progress.current

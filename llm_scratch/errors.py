@@ -29,6 +29,13 @@ class Preempted(UserError):
     exit_code = 143
 
 
+class Interrupted(UserError):
+    """Training stopped by Ctrl-C (SIGINT) after saving a checkpoint; exit status 130
+    (128 + SIGINT)."""
+
+    exit_code = 130
+
+
 class NonFiniteLossError(UserError):
     """The training loss became NaN or infinite."""
 
@@ -56,6 +63,11 @@ def exit_on_user_error() -> Iterator[None]:
         yield
     except UserError as error:
         sys.exit(report_user_error(error))
+    except KeyboardInterrupt:  # Ctrl-C outside training (which stops with a checkpoint)
+        if show_traceback():
+            raise
+        print("error: Interrupted by Ctrl-C; nothing was saved.", file=sys.stderr)
+        sys.exit(130)
 
 
 def uncreatable_dir_error(error: BaseException) -> UserError | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,54 @@ def test_two_runs_started_at_once_in_one_directory(tmp_path):
     assert "claimed by another run" in lines[0] or "already holds a run" in lines[0], lines[0]
     steps = [int(r["step"]) for r in read_metrics(run) if r.get("train/loss")]
     assert steps == sorted(set(steps)) and len(steps) == 4, steps
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
+    """SIGINT (Ctrl-C) on a single run: last.ckpt of the batch it stopped at, one line naming
+    the continue command, exit status 130; the run then continues from it."""
+    import signal
+
+    import torch
+
+    run = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    command = [
+        sys.executable,
+        SCRIPT,
+        *TINY,
+        "trainer.max_steps=200",
+        "trainer.val_check_interval=20",
+        "+callbacks.throttle._target_=tests.reliability_helpers.Throttle",
+        "+callbacks.throttle.seconds=0.2",
+        "+callbacks.throttle.where=start",
+        f"hydra.run.dir={run}",
+    ]
+    process = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    metrics = run / "metrics.csv"
+    deadline = time.monotonic() + 240
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) > 3):
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1 and "Ctrl-C" in lines[0] and f"ckpt_path={run}" in lines[0], err
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert 3 <= saved < 200 and f"saved checkpoints/last.ckpt at step {saved}" in lines[0]
+    # the printed command works
+    out = run_cli(
+        SCRIPT,
+        *TINY,
+        f"trainer.max_steps={saved + 1}",
+        f"ckpt_path={run}",
+        f"hydra.run.dir={tmp_path / 'continued'}",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert [
+        int(r["step"]) for r in read_metrics(tmp_path / "continued") if r.get("train/loss")
+    ] == [saved]

@@ -1,10 +1,14 @@
 """What can go wrong inside ``trainer.fit``, as one-line :class:`UserError` s: out of memory,
-a checkpoint that does not fit, a full or read-only disk, and a stop by SIGTERM."""
+a checkpoint that does not fit, a full or read-only disk, and a stop by SIGTERM or Ctrl-C
+(SIGINT), each of which saves ``last.ckpt`` at the end of the batch."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import logging
+import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,8 +16,11 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from llm_scratch.errors import Preempted, UserError
+from llm_scratch.compat import stop_at_batch_end
+from llm_scratch.errors import Interrupted, Preempted, UserError
 from llm_scratch.train.callbacks import SigtermCheckpoint
+
+log = logging.getLogger(__name__)
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -41,10 +48,39 @@ _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPE
 
 
 @contextlib.contextmanager
+def ctrl_c_stops_at_batch_end(trainer: L.Trainer) -> Iterator[list[int]]:
+    """While inside, a first Ctrl-C (SIGINT) stops training as SIGTERM does: at the end of the
+    batch, with ``last.ckpt`` saved; a second one stops at once (Lightning's KeyboardInterrupt
+    shutdown, nothing saved). Yields the list the signal is recorded in."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received  # signal handlers belong to the main thread
+        return
+
+    def on_sigint(signum, frame) -> None:
+        if received:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        received.append(signum)
+        log.warning(
+            "Ctrl-C: stopping at the end of this batch with checkpoints/last.ckpt; press Ctrl-C "
+            "again to stop at once without saving."
+        )
+        stop_at_batch_end(trainer)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
 def training_errors(trainer: L.Trainer, batch_size: int, output_dir: Path) -> Iterator[None]:
     """Turn what can go wrong inside ``trainer.fit`` into one-line :class:`UserError` s."""
     try:
-        yield
+        with ctrl_c_stops_at_batch_end(trainer) as ctrl_c:
+            yield
     except UserError:
         raise
     except SIGTERMException as error:
@@ -55,10 +91,12 @@ def training_errors(trainer: L.Trainer, batch_size: int, output_dir: Path) -> It
             else "no checkpoint saved on the way out (it came during validation); the last "
             "periodic checkpoints/last.ckpt is kept"
         )
-        raise Preempted(
-            f"Training stopped by SIGTERM at step {trainer.global_step}; {where}. Continue it in "
-            "a new run directory with: python training/run_experiment.py <the same overrides, "
-            f"without hydra.run.dir> ckpt_path={output_dir}"
+        stopped = Interrupted if ctrl_c else Preempted
+        raise stopped(
+            f"Training stopped by {'Ctrl-C (SIGINT)' if ctrl_c else 'SIGTERM'} at step "
+            f"{trainer.global_step}; {where}. Continue it in a new run directory with: python "
+            "training/run_experiment.py <the same overrides, without hydra.run.dir> "
+            f"ckpt_path={output_dir}"
         ) from error
     except (RuntimeError, torch.OutOfMemoryError) as error:
         if is_out_of_memory(error):

@@ -71,7 +71,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = continued or ckpt_path
     try:
         return _train(cfg, output_dir, ckpt_path, started, written)
-    except Exception:
+    except BaseException:  # Ctrl-C during the setup too
         remove_unfinished(output_dir, written)
         raise
 
