@@ -26,6 +26,7 @@ from llm_scratch.train.sharding import (
     FSDP2Strategy,
     checkpoint_activations,
     decoder_blocks,
+    optimizer_state_by_name,
     shard_model,
 )
 from llm_scratch.train.validate import validate_config
@@ -176,7 +177,7 @@ def test_sharded_run_stopped_by_sigterm_continues_exactly(sharded, tmp_path):
         stopped,
         *SHARDED,
         "trainer.check_val_every_n_epoch=2",
-        "+callbacks.stop._target_=tests.test_run_integrity.FakeSigterm",
+        "+callbacks.stop._target_=tests.reliability_helpers.FakeSigterm",
         "+callbacks.stop.at_step=4",
         expect=143,
     )
@@ -307,6 +308,24 @@ def test_trainer_fsdp_composes_and_refuses_what_it_cannot_train_with(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("first", "then"),
+    [(SINGLE, SHARDED), (SHARDED, SINGLE)],
+    ids=["one-to-sharded", "sharded-to-one"],
+)
+def test_a_run_continues_across_one_process_and_sharded(single, tmp_path, first, then):
+    # stopped at the end of epoch 0 (step 4) in one mode, continued in the other: the same
+    # losses as the one process that never stopped, so the AdamW moments went to the right
+    # parameters (a checkpoint of one process keys them group by group, decay then no decay)
+    stopped, continued = tmp_path / "stopped", tmp_path / "continued"
+    train(stopped, *first, "trainer.max_steps=4")
+    train(continued, *then, f"ckpt_path={stopped}")
+    after, whole = global_losses(continued), global_losses(single)
+    assert sorted(after) == [5, 6, 7, 8]
+    assert max(abs(after[s] - whole[s]) for s in after) <= TOLERANCE, (after, whole)
+
+
+@pytest.mark.slow
 def test_sharded_checkpoint_exports_to_gpt2_and_starts_a_sharded_fine_tune(sharded, tmp_path):
     transformers = pytest.importorskip("transformers")
     model, _, _ = load_model(sharded / "checkpoints" / "last.ckpt")
@@ -330,3 +349,21 @@ def test_trainer_fsdp_on_several_nodes_through_the_slurm_launcher(tmp_path):
     assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node) == (2, 4, 4)
     assert cfg.trainer.num_nodes == 2 and cfg.trainer.devices == 4
     validate_config(cfg)
+
+
+def test_optimizer_state_by_name_matches_the_saved_groups_in_order():
+    model = nano()
+    groups = model.optimizer_param_groups(0.1)  # decay, then no decay: not parameters() order
+    optimizer = torch.optim.AdamW(groups, lr=1e-3)
+    x = torch.randint(0, 65, (2, 16))
+    model(x, x)[1].backward()
+    optimizer.step()
+    names = {id(p): n for n, p in model.named_parameters()}
+    by_name = optimizer_state_by_name(optimizer.state_dict(), optimizer.param_groups, names)
+    params = dict(model.named_parameters())
+    assert sorted(by_name["state"]) == sorted(params)
+    for name, state in by_name["state"].items():
+        assert torch.equal(state["exp_avg"], optimizer.state[params[name]]["exp_avg"]), name
+    decay = [names[id(p)] for p in groups[0]["params"]]
+    assert by_name["param_groups"][0]["params"] == decay
+    assert optimizer_state_by_name(by_name, optimizer.param_groups, names) is by_name

@@ -16,11 +16,17 @@ run continues from it (``ckpt_path=``) on any number of devices.
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 from torch.distributed.fsdp import (
     FSDPModule,
     MixedPrecisionPolicy,
@@ -67,6 +73,55 @@ class FSDP2Strategy(ModelParallelStrategy):
     def setup_environment(self) -> None:
         shard_data_parallel_over_all_devices(self)
         super().setup_environment()
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict:
+        """Continue from a consolidated checkpoint file: of a sharded run, or of one trained in
+        one process or under DDP. Each process reads the file memory-mapped and keeps its shard.
+
+        Lightning 2.6 reads such a file too, but keys the optimizer state by the order of
+        ``model.parameters()``, while ours lists it group by group (decay, then no decay) as
+        ``torch.optim`` saves it: a checkpoint of an unsharded run then put the moments of one
+        parameter into another (a size mismatch). Here the state is matched group by group, as
+        ``Optimizer.load_state_dict`` matches it.
+        """
+        path = Path(self.broadcast(checkpoint_path))
+        if not path.is_file():  # a distributed checkpoint directory: Lightning's own reader
+            return super().load_checkpoint(path, weights_only=weights_only)
+        checkpoint = torch.load(path, mmap=True, map_location="cpu", weights_only=weights_only)
+        module = self.lightning_module
+        weights = checkpoint.pop("state_dict")
+        if module.strict_loading:
+            missing = [n for n, _ in module.named_parameters() if n not in weights]
+            if missing:
+                raise KeyError(f"The checkpoint {path} has no {', '.join(missing[:5])}")
+        # not strict: a checkpoint without the metrics' running sums loads as under DDP
+        full = StateDictOptions(full_state_dict=True, strict=False)
+        set_model_state_dict(self.model, weights, options=full)
+        names = {id(p): n for n, p in module.named_parameters()}
+        saved = checkpoint.get("optimizer_states", [])
+        for optimizer, state in zip(self.optimizers, saved, strict=False):
+            by_name = optimizer_state_by_name(state, optimizer.param_groups, names)
+            set_optimizer_state_dict(self.model, optimizer, optim_state_dict=by_name, options=full)
+        return checkpoint
+
+
+def optimizer_state_by_name(
+    state: dict[str, Any], param_groups: list[dict[str, Any]], names: dict[int, str]
+) -> dict[str, Any]:
+    """A full optimizer state dict keyed by parameter ids (``torch.optim``'s own, or Lightning's
+    consolidated one) keyed by parameter name instead: the i-th id of a saved group is the i-th
+    parameter of the optimizer's group (``param_groups``; ``names`` by ``id(parameter)``)."""
+    groups = state["param_groups"]
+    if not any(isinstance(i, int) for g in groups for i in g["params"]):
+        return state  # already by name
+    mapping: dict[int, str] = {}
+    for saved, group in zip(groups, param_groups, strict=True):
+        for i, param in zip(saved["params"], group["params"], strict=True):
+            mapping[i] = names[id(param)]
+    return {
+        "state": {mapping[i]: value for i, value in state["state"].items()},
+        "param_groups": [{**g, "params": [mapping[i] for i in g["params"]]} for g in groups],
+    }
 
 
 def uses_fsdp(trainer_cfg: Any) -> bool:
