@@ -16,6 +16,7 @@ from tests.helpers import compose_config, option_names
 WARMUP_AT_1000 = {
     None: [50],  # the default: 5% of the run
     "label_shift": [20],
+    "instruct_cpu": [20],
     "shakespeare_baby": [100],
     "shakespeare_cpu": [50],
     "ablation_norm": [0, 100],
