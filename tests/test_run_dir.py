@@ -198,3 +198,85 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
     assert [
         int(r["step"]) for r in read_metrics(tmp_path / "continued") if r.get("train/loss")
     ] == [saved]
+
+
+# ----------------------------------------------------------------------------- item 7
+@pytest.mark.parametrize("ours", [True, False], ids=["atomic", "lightning"])
+def test_metrics_csv_survives_a_crash_while_a_new_column_is_added(tmp_path, monkeypatch, ours):
+    """Lightning rewrites metrics.csv when a metric gets its first value; a crash then (here: in
+    the middle of writing the rows again) emptied the file. Ours keeps every row."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
+
+    from llm_scratch.train.csv_logger import CSVLogger
+
+    logger = (CSVLogger if ours else LightningCSVLogger)(tmp_path, name="", version="")
+    for step in range(3):
+        logger.log_metrics({"train/loss": 3.0 - step}, step=step)
+    logger.save()
+    before = (tmp_path / "metrics.csv").read_text()
+    assert len(before.splitlines()) == 4
+
+    def crash(self, rows):
+        raise KeyboardInterrupt  # the process is stopped mid-rewrite
+
+    monkeypatch.setattr(csv.DictWriter, "writerows", crash)
+    logger.log_metrics({"train/loss": 0.5, "val/loss": 1.0}, step=3)
+    with pytest.raises(KeyboardInterrupt):
+        logger.save()
+    after = (tmp_path / "metrics.csv").read_text()
+    if ours:
+        assert after == before
+        assert not list(tmp_path.glob(".metrics.csv.*"))
+    else:  # what the atomic rewrite prevents
+        assert len(after.splitlines()) == 1
+
+
+def test_checkpoint_temporaries_left_by_a_kill_are_removed(tmp_path):
+    """A SIGKILL mid-save leaves .last.ckpt.<random>.tmp next to last.ckpt; the next save removes
+    it, and nothing reads it meanwhile (resume and sample take last.ckpt)."""
+    import torch
+
+    from llm_scratch.checkpoint import resolve_checkpoint
+    from llm_scratch.train.checkpointing import AtomicCheckpointIO
+
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"global_step": 1}, checkpoints / "last.ckpt")
+    stale = checkpoints / ".last.ckpt.x1y2z3.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    for purpose in ("resume", "sample"):
+        assert resolve_checkpoint(str(tmp_path / "run"), purpose) == checkpoints / "last.ckpt"
+    io.save_checkpoint({"global_step": 2}, checkpoints / "last.ckpt")
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt"]
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 2
+
+
+def test_sample_takes_the_lowest_validation_loss_of_several_best_checkpoints(tmp_path):
+    """save_top_k > 1 keeps several best-*.ckpt: sample.py takes the lowest val/loss, not the
+    latest step."""
+    import re
+
+    from llm_scratch.checkpoint import resolve_checkpoint
+
+    run = tmp_path / "run"
+    overrides = [
+        *TINY,
+        "trainer.max_steps=8",
+        "callbacks.model_checkpoint.save_top_k=3",
+        "optimizer.lr=0.05",  # too high: the loss rises again, so the best is not the latest
+    ]
+    train(compose_config(overrides, run))
+    best = sorted((run / "checkpoints").glob("best-*.ckpt"))
+    assert len(best) == 3, best
+    vals = {p: float(re.search(r"-val([0-9.]+)\.ckpt$", p.name)[1]) for p in best}
+    chosen = resolve_checkpoint(str(run), "sample")
+    assert chosen == min(vals, key=vals.get)
+    # and by name alone, whichever step is highest
+    for step, val in ((2, "2.5000"), (4, "2.1000"), (6, "2.3000")):
+        (tmp_path / "named" / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "named" / "checkpoints" / f"best-step{step:06d}-val{val}.ckpt").write_bytes(b"")
+    chosen = resolve_checkpoint(str(tmp_path / "named"), "sample")
+    assert chosen.name == "best-step000004-val2.1000.ckpt"

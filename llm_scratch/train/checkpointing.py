@@ -4,7 +4,9 @@ exact. (Reading checkpoints and choosing which file a run directory means: llm_s
 
 from __future__ import annotations
 
+import contextlib
 import random
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,11 +41,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 "checkpoint there is kept. Free some disk space, or choose a writable folder with "
                 "paths.log_dir=..., then continue with ckpt_path=<the run directory>."
             ) from error
+        remove_stale_temporaries(Path(path))
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: Any = None):
         if map_location is None:
             return super().load_checkpoint(path, weights_only=_weights_only(weights_only))
         return super().load_checkpoint(path, map_location, weights_only=_weights_only(weights_only))
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporary files a process killed while saving ``path`` left next to it
+    (``.last.ckpt.<random>.tmp``, as large as a checkpoint): saves of one file follow each other
+    in one process, and two runs never share a directory, so once ``path`` is in place every
+    other one is stale. (Readers never take them: they end in .tmp, not .ckpt.)"""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
 
 
 def _weights_only(value: bool | None) -> bool:
