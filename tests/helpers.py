@@ -3,6 +3,7 @@ points run as a user runs them."""
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -15,7 +16,18 @@ from llm_scratch.train.config_store import register_configs
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(_CONFIG_DIR)
 
-__all__ = ["CONFIG_DIR", "FAST", "REPO", "compose_config", "option_names", "run_cli"]
+__all__ = [
+    "CONFIG_DIR",
+    "FAST",
+    "REPO",
+    "by_step",
+    "char_checkpoint",
+    "column",
+    "compose_config",
+    "option_names",
+    "read_metrics",
+    "run_cli",
+]
 
 # Small and quick: a 3-layer, 48-wide model, few steps, no sanity validation.
 FAST = [
@@ -51,3 +63,41 @@ def option_names(group: str) -> list[str]:
     with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
         options = GlobalHydra.instance().config_loader().get_group_options(group)
     return sorted(o for o in options if o != "base" and not o.endswith("_schema"))
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    """The rows of a run's metrics.csv."""
+    with (Path(run_dir) / "metrics.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def column(rows: list[dict[str, str]], key: str) -> list[float]:
+    """``key``'s values in the rows that have one, in order."""
+    return [float(r[key]) for r in rows if r.get(key)]
+
+
+def by_step(run_dir: Path, key: str) -> dict[int, float]:
+    """``key``'s values in a run's metrics.csv, by step."""
+    return {int(r["step"]): float(r[key]) for r in read_metrics(run_dir) if r.get(key)}
+
+
+def char_checkpoint(path: Path, text: str = "hello world\n", context_length: int = 16) -> Path:
+    """A checkpoint like training writes, without training: the model, its config, tokenizer."""
+    import torch
+
+    from llm_scratch.data.tokenizers import CharTokenizer
+    from llm_scratch.model import GPTConfig
+    from llm_scratch.train.module import GPTLightningModule
+
+    tokenizer = CharTokenizer.from_text(text)
+    config = GPTConfig(
+        vocab_size=tokenizer.vocab_size,
+        context_length=context_length,
+        n_layer=1,
+        n_head=2,
+        n_embd=8,
+    )
+    module = GPTLightningModule.from_config(config, tokenizer=tokenizer.to_dict())
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    torch.save(checkpoint, path)
+    return path

@@ -47,3 +47,15 @@ class Malicious:
 
     def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))
+
+
+class FakeSigterm(L.Callback):
+    """Acts as if SIGTERM arrived during the batch that reaches ``at_step``: Lightning stops
+    after it and SigtermCheckpoint saves last.ckpt."""
+
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.at_step:
+            trainer._signal_connector.received_sigterm = True  # what the handler sets

@@ -14,8 +14,7 @@ from llm_scratch.bench.__main__ import main
 from llm_scratch.bench.common import measure_matmul_peak, peak_flops
 from llm_scratch.train.job import train
 from llm_scratch.utils.flops import known_peak_flops
-from tests.helpers import FAST, compose_config
-from tests.test_train import column, read_metrics
+from tests.helpers import FAST, column, compose_config, read_metrics
 
 TINY = [
     "model=gpt-nano",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, run_cli
+from tests.helpers import REPO, char_checkpoint, run_cli
 
 
 def one_error_line(out: subprocess.CompletedProcess, *words: str, code: int = 2) -> str:
@@ -181,7 +181,6 @@ def test_report_to_an_unwritable_out_is_one_line(tmp_path):
 )
 def test_sample_bad_device_or_count_is_one_line(tmp_path, capsys, args, match):
     from llm_scratch import sample
-    from tests.test_reliability import char_checkpoint
 
     ckpt = char_checkpoint(tmp_path / "char.ckpt")
     assert sample.main([f"ckpt_path={ckpt}", "prompt=hello", *args]) == 2
@@ -193,7 +192,6 @@ def test_sample_on_cuda_without_a_gpu_is_one_line(tmp_path, capsys, monkeypatch)
     import torch
 
     from llm_scratch import sample
-    from tests.test_reliability import char_checkpoint
 
     ckpt = char_checkpoint(tmp_path / "char.ckpt")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 
 import pytest
@@ -13,7 +12,7 @@ from llm_scratch.errors import UserError
 from llm_scratch.model import GPT, GPTConfig
 from llm_scratch.train.job import train
 from llm_scratch.train.module import GPTLightningModule
-from tests.helpers import FAST, compose_config
+from tests.helpers import FAST, compose_config, read_metrics
 
 transformers = pytest.importorskip("transformers")
 
@@ -174,11 +173,6 @@ def test_hf_backend_has_our_models_interface():
 
 
 # --- through the training entry point -----------------------------------------------------
-
-
-def read_metrics(run_dir) -> list[dict[str, str]]:
-    with (run_dir / "metrics.csv").open() as f:
-        return list(csv.DictReader(f))
 
 
 FINETUNE = [

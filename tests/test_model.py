@@ -37,35 +37,6 @@ def reference_greedy(model: GPT, idx: torch.Tensor, max_new_tokens: int) -> torc
 # ---------------------------------------------------------------- config
 
 
-def test_config_defaults_and_field_order():
-    names = [f for f in GPTConfig.__dataclass_fields__]
-    assert names == [
-        "vocab_size",
-        "context_length",
-        "n_layer",
-        "n_head",
-        "n_embd",
-        "dropout",
-        "bias",
-        "qkv_bias",
-        "pre_norm",
-        "layer_init",
-        "attention",
-        "tie_weights",
-    ]
-    cfg = GPTConfig()
-    assert (cfg.vocab_size, cfg.context_length, cfg.n_layer, cfg.n_head, cfg.n_embd) == (
-        50257,
-        1024,
-        12,
-        12,
-        768,
-    )
-    assert (cfg.dropout, cfg.bias, cfg.pre_norm, cfg.tie_weights) == (0.0, True, True, True)
-    assert (cfg.layer_init, cfg.attention) == ("fresh", "fused")
-    assert cfg.qkv_bias is None and cfg.attn_qkv_bias  # None: the same as bias
-
-
 @pytest.mark.parametrize(
     "kwargs, pattern",
     [

@@ -19,16 +19,14 @@ from omegaconf import OmegaConf
 
 from llm_scratch import sample
 from llm_scratch.data import corpora
-from llm_scratch.data.tokenizers import CharTokenizer
 from llm_scratch.errors import NonFiniteLossError, UserError, one_line
-from llm_scratch.model import GPTConfig
 from llm_scratch.train.checkpointing import AtomicCheckpointIO
 from llm_scratch.train.failures import training_errors
 from llm_scratch.train.job import train
 from llm_scratch.train.module import GPTLightningModule
 from llm_scratch.utils import io as io_utils
 from llm_scratch.utils.io import atomic_write_text
-from tests.helpers import CONFIG_DIR, FAST, compose_config, run_cli
+from tests.helpers import CONFIG_DIR, FAST, char_checkpoint, compose_config, run_cli
 from tests.reliability_helpers import Malicious
 
 # A short char-level run on The Verdict: 23 batches of 24 windows of 32 characters per epoch.
@@ -50,22 +48,6 @@ def assert_one_line_error(out: subprocess.CompletedProcess, *words: str) -> str:
     for word in words:
         assert word in errors[0], errors[0]
     return errors[0]
-
-
-def char_checkpoint(path: Path, text: str = "hello world\n", context_length: int = 16) -> Path:
-    """A checkpoint like training writes, without training: the model, its config, tokenizer."""
-    tokenizer = CharTokenizer.from_text(text)
-    config = GPTConfig(
-        vocab_size=tokenizer.vocab_size,
-        context_length=context_length,
-        n_layer=1,
-        n_head=2,
-        n_embd=8,
-    )
-    module = GPTLightningModule.from_config(config, tokenizer=tokenizer.to_dict())
-    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
-    torch.save(checkpoint, path)
-    return path
 
 
 def malicious_checkpoint(path: Path, marker: Path) -> Path:

@@ -24,8 +24,7 @@ from llm_scratch.errors import UserError
 from llm_scratch.report import collect_jobs
 from llm_scratch.sweep_env import CONTINUE_ENV
 from llm_scratch.train.job import train
-from tests.helpers import FAST, REPO, compose_config
-from tests.test_train import column, read_metrics
+from tests.helpers import FAST, REPO, column, compose_config, read_metrics
 
 TINY_JOB = [
     "model=gpt-nano",

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,16 +13,7 @@ from llm_scratch.errors import UserError
 from llm_scratch.model import GPTConfig
 from llm_scratch.train.job import train
 from llm_scratch.train.validate import validate_config
-from tests.helpers import FAST, REPO, compose_config, option_names, run_cli
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, str]]:
-    with (run_dir / "metrics.csv").open() as f:
-        return list(csv.DictReader(f))
-
-
-def column(rows: list[dict[str, str]], key: str) -> list[float]:
-    return [float(r[key]) for r in rows if r.get(key)]
+from tests.helpers import FAST, REPO, column, compose_config, option_names, read_metrics, run_cli
 
 
 @pytest.mark.parametrize(
@@ -45,10 +34,9 @@ def test_every_config_composes_and_instantiates(group, option, tmp_path):
         cfg.trainer, logger=False, enable_checkpointing=False, accelerator="cpu", devices=1
     )
     assert trainer.max_epochs == cfg.trainer.max_epochs
-    for node in (cfg.callbacks or {}).values():
-        assert instantiate(node) is not None
-    for node in (cfg.logger or {}).values():
-        assert instantiate(node) is not None
+    # a node whose keys do not fit the class it names raises here
+    for node in [*(cfg.callbacks or {}).values(), *(cfg.logger or {}).values()]:
+        assert type(instantiate(node)).__name__ == node._target_.rsplit(".", 1)[-1]
 
 
 # the corpora cut windows at a stride; instruction data (data=instruct) is examples, not windows
@@ -248,3 +236,34 @@ def test_help_shows_the_projects_text_groups_and_defaults():
     assert set(groups["model"].split(", ")) >= {"gpt2", "gpt-mini", "gpt-nano", "hf_gpt2"}
     # the composed config, with the override applied: the preset's sizes and every default
     assert "  n_layer: 3\n" in out and "  n_embd: 48\n" in out and "seed: 1337\n" in out
+
+
+def test_a_default_run_console_is_quiet_and_says_where_the_run_went(tmp_path):
+    run = tmp_path / "run with a long name" / ("deep" * 30)
+    result = run_cli(
+        "training/run_experiment.py",
+        "model=gpt-nano",
+        "trainer.max_steps=2",  # ends before the first validation
+        "trainer.limit_val_batches=1",
+        f"hydra.run.dir={run}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    console = result.stdout + result.stderr
+    for noise in (
+        "Tip:",
+        "litlogger",
+        "GPU available",
+        "TPU available",
+        "LeafSpec",
+        "could not find the monitored key",
+        "Total FLOPs: 0",
+    ):
+        assert noise not in console, noise
+    assert "ends the run before its first validation" in console  # our own warning stays
+    assert "Total FLOPs: " in console  # a model summary with real numbers
+    # the run directory in full (not cut at 80 columns), at the start and with commands at the end
+    assert f"Run directory: {run}\n" in console
+    assert f"Run finished: {run}\n" in console
+    assert f"python training/sample.py ckpt_path={run}\n" in console
+    assert f"default_root_dir: {run}\n" in console  # the config, uncut in a non-terminal
+    assert result.stderr.strip() == "", result.stderr

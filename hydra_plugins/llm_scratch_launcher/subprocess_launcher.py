@@ -54,6 +54,7 @@ from hydra_plugins.llm_scratch_launcher.continuation import (
 from llm_scratch.compat import QuietJobReturn
 from llm_scratch.errors import Preempted, UserError
 from llm_scratch.sweep_env import CONTINUE_ENV, SWEEP_ID_ENV
+from llm_scratch.utils.config_tree import print_config_tree
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +185,7 @@ class SubprocessLauncher(Launcher):
                 count[JobState.RUN] + count[JobState.RESTART],
                 restarting if count[JobState.RESTART] else "",
             )
+        self._print_config(configs[jobs[0][0]], jobs[0][0])
         to_start = sum(1 for v in states.values() if v != JobState.FINISHED)
         log.info(
             "Launching %d jobs, %d at a time, each in its own process%s",
@@ -247,6 +249,18 @@ class SubprocessLauncher(Launcher):
             working_dir=str(job_dir),
             task_name=str(sweep_config.hydra.job.name),
         )
+
+    @staticmethod
+    def _print_config(sweep_config: DictConfig, idx: int) -> None:
+        """The config once for the whole sweep (its first job's); the jobs print none, and each
+        writes its own to config.yaml in its directory."""
+        job_cfg = OmegaConf.masked_copy(sweep_config, [k for k in sweep_config if k != "hydra"])
+        with open_dict(job_cfg):  # a job's own directory is known only in the job
+            job_cfg.paths.output_dir = str(
+                Path(str(sweep_config.hydra.sweep.dir)) / str(sweep_config.hydra.sweep.subdir)
+            )
+        print_config_tree(job_cfg)
+        log.info("The config of job #%d; every job's own is in <its directory>/config.yaml", idx)
 
     def _finished(
         self, idx: int, overrides: list[str], sweep_config: DictConfig, job_dir: Path

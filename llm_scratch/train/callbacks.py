@@ -9,6 +9,7 @@ import logging
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -415,6 +416,12 @@ class NoValidationWarning(L.Callback):
                 "trainer.max_steps or validate sooner with trainer.val_check_interval=<steps>.",
                 trainer.max_steps,
                 first,
+            )
+            # ...which says it all: not also ModelCheckpoint's "could not find the monitored key"
+            warnings.filterwarnings(
+                "ignore",
+                message=r"`ModelCheckpoint\(monitor=.*could not find the monitored key",
+                module=r"lightning\.pytorch\.callbacks\.model_checkpoint",
             )
 
 

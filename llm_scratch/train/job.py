@@ -30,17 +30,23 @@ from llm_scratch.checkpoint import (
 from llm_scratch.data.corpora import load_corpus
 from llm_scratch.errors import UserError, exit_on_user_error, one_line
 from llm_scratch.model import GPTConfig
+from llm_scratch.sweep_env import SWEEP_ID_ENV
 from llm_scratch.train.callbacks import build_callbacks
 from llm_scratch.train.checkpointing import AtomicCheckpointIO
-from llm_scratch.train.config_tree import print_config_tree
 from llm_scratch.train.failures import training_errors
-from llm_scratch.train.loggers import build_loggers, finish_loggers, route_lightning_logs
+from llm_scratch.train.loggers import (
+    build_loggers,
+    finish_loggers,
+    quiet_known_noise,
+    route_lightning_logs,
+)
 from llm_scratch.train.module import GPTLightningModule
 from llm_scratch.train.optim import OptimizerConfig, SchedulerConfig
 from llm_scratch.train.run_dir import claim_run_dir, is_main_process, remove_unfinished
 from llm_scratch.train.summary import write_run_summary
 from llm_scratch.train.sweep_resume import continued_sweep_job, drop_rows_after_checkpoint
 from llm_scratch.train.validate import validate_config
+from llm_scratch.utils.config_tree import print_config_tree
 from llm_scratch.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -50,6 +56,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Train a GPT as ``cfg`` says; return the final metrics (``train/loss``, ``val/loss`` ...)."""
     started = time.time()
     route_lightning_logs()
+    quiet_known_noise()
     # The run directory already holds config.yaml and tokenizer.json when the CSV logger starts;
     # claim_run_dir has made sure it holds no earlier metrics.
     warnings.filterwarnings(
@@ -69,6 +76,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if (continued := continued_sweep_job(output_dir)) is None and is_main_process():
         written += claim_run_dir(output_dir, ckpt_path, cfg)
     ckpt_path = continued or ckpt_path
+    if is_main_process():
+        log.info("Run directory: %s", output_dir.resolve())  # in full: sample.py and ckpt_path=
     try:
         return _train(cfg, output_dir, ckpt_path, started, written)
     except BaseException:  # Ctrl-C during the setup too
@@ -109,7 +118,8 @@ def _train(
 
     if int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
         job_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-        print_config_tree(job_cfg)
+        if not os.environ.get(SWEEP_ID_ENV):  # a sweep prints it once, for all its jobs
+            print_config_tree(job_cfg)
         written.append(output_dir / "config.yaml")
         atomic_write_text(written[-1], OmegaConf.to_yaml(job_cfg, resolve=True))
     written.append(output_dir / "tokenizer.json")
@@ -147,7 +157,19 @@ def _train(
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v)}
     if trainer.is_global_zero:
         write_run_summary(output_dir, trainer, module.model.num_params(), started, metrics)
+        log.info("%s", next_commands(output_dir.resolve()))
     return metrics
+
+
+def next_commands(run_dir: Path) -> str:
+    """Where the run went and the commands that use it, for the last lines of a run."""
+    return (
+        f"Run finished: {run_dir}\n"
+        f"  sample:   python training/sample.py ckpt_path={run_dir}\n"
+        f"  continue: python training/run_experiment.py <the same overrides> ckpt_path={run_dir}"
+        " trainer.max_epochs=<more>\n"
+        f"  report:   python training/report.py {run_dir}"
+    )
 
 
 def _model_config(cfg: DictConfig, vocab_size: int, finetuned: dict[str, Any] | None) -> Any:

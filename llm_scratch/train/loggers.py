@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -24,6 +25,38 @@ def route_lightning_logs() -> None:
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+
+
+# Lightning's lines that say nothing about the run (checked by the start of the message): its
+# advertisement for LitLogger, and which accelerators exist (the config says which one is used).
+_NOISE_PREFIXES = ("💡 Tip:", "GPU available:", "TPU available:", "HPU available:")
+# Lightning's warnings that are known noise here, by message and module (never all warnings):
+_NOISE_WARNINGS = (
+    # lightning 2.6 on torch 2.13: Lightning's own tree flattening, nothing the user can change
+    (
+        r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        r"lightning\.pytorch\.utilities\._pytree",
+    ),
+    # a continued run writes into a directory of its own (as the README says): the earlier
+    # run's best-k bookkeeping is meant to stay behind
+    (r"The dirpath has changed from", r"lightning\.pytorch\.callbacks\.model_checkpoint"),
+)
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_NOISE_PREFIXES)
+
+
+def quiet_known_noise() -> None:
+    """Silence the messages of Lightning that are known noise, precisely: by logger and message
+    start, and warnings by message and module; every other message and warning stays."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in logger.filters):
+            logger.addFilter(_DropNoise())
+    for message, module in _NOISE_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, module=module)
 
 
 def _wandb_has_credentials() -> bool:

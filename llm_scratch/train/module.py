@@ -89,6 +89,10 @@ class GPTLightningModule(L.LightningModule):
         self.scheduler_config = SchedulerConfig(**(scheduler or {}))
         # Kept out of the module tree, so state_dict keys stay "model.*" with or without compile.
         self.__dict__["_forward"] = torch.compile(self.model) if compile else self.model
+        if not compile:  # (a compiled model would compile for this one-off shape)
+            # Lightning's model summary runs one forward of this to count FLOPs and show shapes
+            context = self.model_config.context_length
+            self.example_input_array = torch.zeros(1, context, dtype=torch.long)
         # Token-weighted means: exp of the mean cross-entropy is the perplexity, computed without
         # a second softmax (torchmetrics' Perplexity underflows to inf on confident models).
         # TokenWeightedMean, not MeanMetric: MeanMetric's NaN check syncs with the device per step.
