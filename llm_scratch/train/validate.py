@@ -17,6 +17,7 @@ from typing import Any, Literal, Union
 
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from llm_scratch.errors import UserError
 from llm_scratch.train.sharding import check_fsdp_config
@@ -117,9 +118,90 @@ def _check_tree(path: str, node: Any) -> None:
         _check_tree(f"{path}.{key}" if path else str(key), node[key])
 
 
+def _check_resolves(path: str, node: Any) -> None:
+    """Every value resolves (``data.batch_size='${nope}'``): the key named, not later in a
+    library with another key's name or none."""
+    if not isinstance(node, DictConfig | ListConfig):
+        return
+    keys = range(len(node)) if isinstance(node, ListConfig) else list(node.keys())
+    for key in keys:
+        full = f"{path}.{key}" if path else str(key)
+        if OmegaConf.is_missing(node, key):
+            continue  # ???: refused where a value is needed, with its own message
+        try:
+            value = node[key]
+        except OmegaConfBaseException as error:
+            raw = OmegaConf.to_container(node, resolve=False)[key]
+            reason = str(error).splitlines()[0].rstrip(".")
+            raise UserError(
+                f"Config key '{full}'={raw!r} cannot be resolved ({reason}); give it a value, or "
+                "an interpolation of a key that exists (e.g. ${seed})."
+            ) from error
+        _check_resolves(full, value)
+
+
+def _int_at_least(low: int):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _interval(v: Any) -> bool:
+    if isinstance(v, float):
+        return 0.0 < v <= 1.0
+    return v is None or _int_at_least(1)(v)
+
+
+# Values whose valid range is known before anything runs; each is refused naming its own key
+# (a callback's value set by interpolation is checked under the key the user sets: first here).
+RANGES: dict[str, tuple[Any, str]] = {
+    "trainer.accumulate_grad_batches": (_int_at_least(1), "an integer >= 1"),
+    "trainer.log_every_n_steps": (_int_at_least(1), "an integer >= 1"),
+    "trainer.gradient_clip_val": (
+        lambda v: v is None or (_number(v) and v >= 0),
+        "a number >= 0 (null or 0 switches clipping off)",
+    ),
+    "trainer.val_check_interval": (
+        _interval,
+        "a number of training batches >= 1, or a fraction of an epoch in (0, 1]",
+    ),
+    "trainer.max_steps": (lambda v: _int_at_least(-1)(v) and v != 0, "-1 (no limit) or >= 1"),
+    "data.batch_size": (_int_at_least(1), "an integer >= 1"),
+    "callbacks.text_sampler.max_new_tokens": (_int_at_least(1), "an integer >= 1"),
+    "callbacks.text_sampler.temperature": (
+        lambda v: _number(v) and v >= 0,
+        "a number >= 0 (0: greedy)",
+    ),
+    "callbacks.text_sampler.top_k": (
+        lambda v: v is None or _int_at_least(1)(v),
+        "null or an integer >= 1",
+    ),
+    "callbacks.finite_loss.check_every_n_steps": (_int_at_least(1), "an integer >= 1"),
+    "callbacks.throughput.log_every_n_steps": (_int_at_least(1), "an integer >= 1"),
+}
+
+
+def _check_ranges(cfg: DictConfig) -> None:
+    for key, (valid, expected) in RANGES.items():
+        if OmegaConf.select(cfg, key.rsplit(".", 1)[0], default=None) is None:
+            continue  # the group or callback is not in this config
+        node = OmegaConf.select(cfg, key.rsplit(".", 1)[0])
+        name = key.rsplit(".", 1)[1]
+        if name not in node:
+            continue
+        value = node[name]
+        if not valid(value):
+            raise UserError(f"{key}={value!r} is out of range: it must be {expected}.")
+
+
 def validate_config(cfg: DictConfig) -> None:
-    """Raise :class:`UserError` naming the first unknown key or wrongly typed value."""
+    """Raise :class:`UserError` naming the first unknown key, wrongly typed or unresolvable
+    value, or value out of its range."""
+    _check_resolves("", OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
     for key in CHECKED_GROUPS:
         if key in cfg:
             _check_tree(key, cfg[key])
+    _check_ranges(cfg)
     check_fsdp_config(cfg)  # what trainer=fsdp cannot combine with
