@@ -13,6 +13,7 @@ hydra_plugins/llm_scratch_launcher/continuation.py.)
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 import sys
 from collections.abc import Iterator
@@ -196,7 +197,7 @@ def one_line_hydra_errors() -> Iterator[None]:
             text = str(error)
             if isinstance(cause, OmegaConfBaseException) and str(cause) not in text:
                 text += "\n" + str(cause)
-            print(f"error: {one_line(text)}", file=sys.stderr)
+            print(f"error: {unknown_key_message(cause) or one_line(text)}", file=sys.stderr)
             sys.exit(2)
         except UserError as error:  # raised by the sweep launcher, outside train_or_exit
             sys.exit(report_user_error(error))
@@ -217,3 +218,29 @@ def one_line_hydra_errors() -> Iterator[None]:
         yield
     finally:
         hydra_utils.run_and_report = original
+
+
+def unknown_key_message(cause: BaseException | None) -> str | None:
+    """For an override of a key that does not exist (``model.pre_normm=true``): the closest known
+    keys, instead of Hydra's advice to append the typo with ``+``; None for any other error.
+
+    Hydra 1.3 raises ``Could not override 'model.pre_normm'`` from OmegaConf's
+    ``ConfigAttributeError``, whose ``parent_node`` is the section the key was looked up in.
+    """
+    from omegaconf import DictConfig
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    if not isinstance(cause, ConfigAttributeError | ConfigKeyError):
+        return None
+    parent, full_key = getattr(cause, "parent_node", None), getattr(cause, "full_key", None)
+    if not isinstance(parent, DictConfig) or not full_key:
+        return None
+    section, _, name = str(full_key).rpartition(".")
+    known = [str(k) for k in parent if not str(k).startswith("_") and k != "hydra"]
+    if name in known:
+        return None
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    prefix = f"{section}." if section else ""
+    where = f"in {section}" if section else "at the top level"
+    hint = f" Did you mean {' or '.join(prefix + c for c in close)}?" if close else ""
+    return f"{full_key} is not a config key.{hint} The keys {where}: {', '.join(known)}."
