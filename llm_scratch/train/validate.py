@@ -108,6 +108,15 @@ def _check_target(path: str, node: DictConfig) -> None:
     _check_fields(path, node, hints, open_ended)
 
 
+def _check_known_keys(path: str, node: DictConfig) -> None:
+    """Only that every key of ``node`` is an argument of what it instantiates."""
+    hints, open_ended = _signature_hints(get_object(node._target_))
+    unknown = [k for k in node if not str(k).startswith("_") and k not in hints]
+    if unknown and not open_ended:
+        allowed = ", ".join(sorted(k for k in hints if not k.startswith("_")))
+        raise UserError(f"Unknown config key '{path}.{unknown[0]}'. Known keys here: {allowed}.")
+
+
 def _check_tree(path: str, node: Any) -> None:
     if not isinstance(node, DictConfig):
         return
@@ -200,6 +209,9 @@ def validate_config(cfg: DictConfig) -> None:
     """Raise :class:`UserError` naming the first unknown key, wrongly typed or unresolvable
     value, or value out of its range."""
     _check_resolves("", OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+    # The model's schema types its keys, but +model.<key>=... can still add one it lacks.
+    if isinstance(cfg.get("model"), DictConfig) and "_target_" in cfg.model:
+        _check_known_keys("model", cfg.model)
     for key in CHECKED_GROUPS:
         if key in cfg:
             _check_tree(key, cfg[key])
