@@ -267,3 +267,53 @@ def test_a_default_run_console_is_quiet_and_says_where_the_run_went(tmp_path):
     assert f"python training/sample.py ckpt_path={run}\n" in console
     assert f"default_root_dir: {run}\n" in console  # the config, uncut in a non-terminal
     assert result.stderr.strip() == "", result.stderr
+
+
+def _progress_trainer(global_step: int, done_in_epoch: int, epoch: int, run_steps: int):
+    from types import SimpleNamespace
+
+    progress = SimpleNamespace(current=SimpleNamespace(ready=done_in_epoch))
+    return SimpleNamespace(
+        num_training_batches=25,
+        fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)),
+        estimated_stepping_batches=run_steps,
+        global_step=global_step,
+        accumulate_grad_batches=1,
+        current_epoch=epoch,
+        max_epochs=10,
+    )
+
+
+@pytest.mark.parametrize(
+    "global_step,done,epoch,run_steps,total,last_epoch",
+    [
+        (0, 0, 0, 40, 25, 1),  # max_steps=40 of 10 x 25: 25 batches now, ends in epoch 1
+        (25, 0, 1, 40, 15, 1),  # the cut-short epoch has 15 batches, not 25
+        (10, 10, 0, 250, 25, 9),  # the epochs end the run: all ten
+        (30, 5, 1, 33, 8, 1),  # resumed mid-epoch: 5 done + 3 to go
+    ],
+)
+def test_rich_progress_counts_toward_what_the_run_will_do(
+    global_step, done, epoch, run_steps, total, last_epoch
+):
+    from llm_scratch.train.callbacks import RunRichProgressBar
+
+    bar = RunRichProgressBar()
+    bar._trainer = _progress_trainer(global_step, done, epoch, run_steps)
+    assert bar.total_train_batches == total
+    assert bar._get_train_description(epoch).strip() == f"Epoch {epoch}/{last_epoch}"
+
+
+def test_progress_lines_count_steps_toward_max_steps(tmp_path):
+    result = run_cli(
+        "training/run_experiment.py",
+        *FAST,
+        "trainer.max_steps=12",  # 9 batches an epoch: ends 3 batches into the second
+        "trainer.log_every_n_steps=3",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [ln for ln in result.stdout.splitlines() if ln.startswith(("training:", "step "))]
+    assert lines[0] == "training: 9 batches per epoch, 12 steps"
+    assert lines[-1].startswith("step 12/12 (epoch 1, batch 3/9) ["), lines
+    assert all("/12 (" in ln for ln in lines[1:]), lines

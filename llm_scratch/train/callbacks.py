@@ -276,16 +276,24 @@ class LineProgressBar(ProgressBar):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._start = time.perf_counter()
-        total = trainer.max_steps if trainer.max_steps > 0 else trainer.estimated_stepping_batches
-        self._print(f"training: {self.total_train_batches} batches per epoch, {total} steps")
+        self._first_step = trainer.global_step
+        total = run_steps(trainer)
+        self._print(
+            f"training: {trainer.num_training_batches} batches per epoch, {total} steps"
+            + (f" (from step {trainer.global_step})" if trainer.global_step else "")
+        )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if (batch_idx + 1) % self.refresh_rate == 0 or batch_idx + 1 == self.total_train_batches:
+        per_epoch = trainer.num_training_batches
+        if (batch_idx + 1) % self.refresh_rate == 0 or batch_idx + 1 == per_epoch:
             elapsed = time.perf_counter() - self._start
+            total, step = run_steps(trainer), trainer.global_step
+            done = step - self._first_step
+            eta = f", ETA {elapsed / done * (total - step):.0f}s" if done > 0 else ""
             metrics = self._format(self.get_metrics(trainer, pl_module))
             self._print(
-                f"epoch {trainer.current_epoch} step {trainer.global_step} "
-                f"batch {batch_idx + 1}/{self.total_train_batches} [{elapsed:.0f}s]  {metrics}"
+                f"step {step}/{total} (epoch {trainer.current_epoch}, batch {batch_idx + 1}/"
+                f"{per_epoch}) [{elapsed:.0f}s{eta}]  {metrics}"
             )
 
     def on_validation_end(self, trainer, pl_module) -> None:
@@ -294,6 +302,40 @@ class LineProgressBar(ProgressBar):
         metrics = trainer.callback_metrics
         shown = {k: float(v) for k, v in metrics.items() if k.startswith("val/")}
         self._print(f"validation at step {trainer.global_step}: {self._format(shown)}")
+
+
+def run_steps(trainer: L.Trainer) -> int:
+    """The optimizer steps the run ends at: max_steps or the epochs, whichever comes first
+    (Lightning's estimate, which counts both and gradient accumulation)."""
+    return int(trainer.estimated_stepping_batches)
+
+
+class RunRichProgressBar(RichProgressBar):
+    """Lightning's Rich bar, counting toward what the run will actually do: an epoch that
+    ``max_steps`` cuts short has that many batches (so the ETA is right), and the epoch
+    count ends at the epoch where the run ends, not at ``max_epochs``."""
+
+    def _batches(self) -> tuple[int, int]:
+        """(batches of this epoch the run will do, the index of the run's last epoch)."""
+        trainer = self.trainer
+        per_epoch = trainer.num_training_batches
+        if not isinstance(per_epoch, int) or per_epoch < 1:
+            return per_epoch, trainer.current_epoch
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        left = (run_steps(trainer) - trainer.global_step) * trainer.accumulate_grad_batches
+        this_epoch = min(per_epoch, done + left)
+        later = max(left - (per_epoch - done), 0)
+        return this_epoch, trainer.current_epoch + math.ceil(later / per_epoch)
+
+    @property
+    def total_train_batches(self) -> int | float:
+        return self._batches()[0]
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        description = f"Epoch {current_epoch}/{self._batches()[1]}"
+        if len(self.validation_description) > len(description):  # as Lightning's: no flicker
+            description = f"{description:{len(self.validation_description)}}"
+        return description
 
 
 class FiniteLossGuard(L.Callback):
@@ -452,7 +494,7 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     has_bar = any(isinstance(c, L.pytorch.callbacks.ProgressBar) for c in callbacks)
     if not has_bar and cfg.trainer.get("enable_progress_bar", True):
         if sys.stdout.isatty():
-            callbacks.append(RichProgressBar())
+            callbacks.append(RunRichProgressBar())
         else:
             callbacks.append(LineProgressBar(refresh_rate=cfg.trainer.get("log_every_n_steps", 10)))
     return [*callbacks, NoValidationWarning()]
