@@ -166,6 +166,23 @@ class QuietJobReturn(JobReturn):
 
 
 # ----------------------------------------------------------------------------- Hydra's reporting
+def _quote_hint(text: str) -> str | None:
+    """Hydra 1.3's override grammar reads unquoted values of some characters only: a non-ASCII
+    path (``data.path=/data/ünï/côde.txt``) fails with ``LexerNoViableAltException`` and the
+    override, which the quoted value fixes. The message says so; None for any other."""
+    if "LexerNoViableAltException:" not in text:
+        return None
+    override = text.split("LexerNoViableAltException:", 1)[1].strip().splitlines()[0].strip()
+    key, sep, value = override.partition("=")
+    if not sep or not value or value[0] in "'\"":
+        return None
+    return (
+        f"Hydra cannot read the override {override} unquoted (its grammar takes only some "
+        f"characters, not e.g. non-ASCII ones); quote the value: {key}='{value}' (in a shell: "
+        f"\"{key}='{value}'\")."
+    )
+
+
 @contextlib.contextmanager
 def one_line_hydra_errors() -> Iterator[None]:
     """Make Hydra report a bad override or config group (``model.pre_normm=1``, ``model=typo``), an
@@ -197,7 +214,8 @@ def one_line_hydra_errors() -> Iterator[None]:
             text = str(error)
             if isinstance(cause, OmegaConfBaseException) and str(cause) not in text:
                 text += "\n" + str(cause)
-            print(f"error: {unknown_key_message(cause) or one_line(text)}", file=sys.stderr)
+            message = _quote_hint(text) or unknown_key_message(cause) or one_line(text)
+            print(f"error: {message}", file=sys.stderr)
             sys.exit(2)
         except UserError as error:  # raised by the sweep launcher, outside train_or_exit
             sys.exit(report_user_error(error))

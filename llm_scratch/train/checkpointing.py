@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +37,37 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             with atomic_open(path, "wb") as f:
                 torch.save(checkpoint, f)
         except OSError as error:
-            raise UserError(
-                f"Could not write the checkpoint {path} ({error.strerror or error}); the previous "
-                "checkpoint there is kept. Free some disk space, or choose a writable folder with "
-                "paths.log_dir=..., then continue with ckpt_path=<the run directory>."
-            ) from error
+            raise _unwritten(path, error.strerror or str(error)) from error
+        except RuntimeError as error:
+            # torch.save's zip writer reports a failed write (a full disk) as a RuntimeError:
+            # "[enforce fail at inline_container.cc:...] . unexpected pos" or "... file write
+            # failed"
+            text = str(error)
+            if "inline_container" not in text and "PytorchStreamWriter" not in text:
+                raise
+            raise _unwritten(path, f"the write failed: {_free_space(path)}") from error
         remove_stale_temporaries(Path(path))
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: Any = None):
         if map_location is None:
             return super().load_checkpoint(path, weights_only=_weights_only(weights_only))
         return super().load_checkpoint(path, map_location, weights_only=_weights_only(weights_only))
+
+
+def _unwritten(path: Any, reason: str) -> UserError:
+    return UserError(
+        f"Could not write the checkpoint {path} ({reason}); the previous checkpoint there is "
+        "kept. Free some disk space, or choose a writable folder with paths.log_dir=..., then "
+        "continue with ckpt_path=<the run directory>."
+    )
+
+
+def _free_space(path: Any) -> str:
+    try:
+        free = shutil.disk_usage(Path(path).parent).free
+    except OSError:
+        return "is the disk full?"
+    return f"{free / 2**20:.0f} MiB free on its disk"
 
 
 def remove_stale_temporaries(path: Path) -> None:

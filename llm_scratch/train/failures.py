@@ -98,6 +98,15 @@ def training_errors(trainer: L.Trainer, batch_size: int, output_dir: Path) -> It
             "training/run_experiment.py <the same overrides, without hydra.run.dir> "
             f"ckpt_path={output_dir}"
         ) from error
+    except ValueError as error:
+        if "`val_check_interval` (" in str(error):  # Lightning's, when the data is set up
+            raise UserError(
+                f"trainer.val_check_interval={trainer.val_check_interval} is more than the "
+                f"{trainer.num_training_batches} training batches of an epoch: to validate every "
+                f"{trainer.val_check_interval} batches across epochs add "
+                "trainer.check_val_every_n_epoch=null, or lower trainer.val_check_interval."
+            ) from error
+        raise
     except (RuntimeError, torch.OutOfMemoryError) as error:
         if is_out_of_memory(error):
             accumulate = int(getattr(trainer, "accumulate_grad_batches", 1) or 1)

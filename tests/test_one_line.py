@@ -1,0 +1,65 @@
+"""What a library still raises from a user's setting comes out as one line: a validation
+interval longer than an epoch, a full disk while torch.save writes, a non-ASCII path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llm_scratch.errors import UserError
+from llm_scratch.train.job import train
+from tests.helpers import FAST, compose_config, run_cli
+
+TINY = [
+    *FAST,
+    "data.tokenizer=char",
+    "data.context_length=32",
+    "data.stride=null",
+    "data.batch_size=24",
+    "trainer.limit_val_batches=2",
+    "trainer.max_steps=4",
+]
+
+
+def test_a_validation_interval_longer_than_an_epoch_says_how(tmp_path):
+    with pytest.raises(
+        UserError,
+        match=r"val_check_interval=100000 is more than the 23 .*"
+        r"check_val_every_n_epoch=null",
+    ) as info:
+        train(compose_config([*TINY, "trainer.val_check_interval=100000"], tmp_path / "a"))
+    assert "\n" not in str(info.value)
+    # and the way it names works: every 3 batches across epochs
+    overrides = [*TINY, "trainer.val_check_interval=3", "trainer.check_val_every_n_epoch=null"]
+    train(compose_config(overrides, tmp_path / "b"))
+
+
+def test_a_full_disk_inside_torch_save_is_one_line_and_keeps_the_previous(tmp_path, monkeypatch):
+    """torch's zip writer reports a full disk as RuntimeError (inline_container.cc)."""
+    run = tmp_path / "run"
+    real_save = torch.save
+    calls = []
+
+    def save(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            f.write(b"partial")
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    cfg = compose_config(
+        [*TINY, "trainer.max_steps=6", "callbacks.periodic_checkpoint.every_n_train_steps=2"], run
+    )
+    with pytest.raises(UserError, match=r"Could not write the checkpoint .*MiB free.*kept"):
+        train(cfg)
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt"]
+
+
+def test_a_non_ascii_path_says_to_quote_it(tmp_path):
+    out = run_cli("training/run_experiment.py", *TINY, "data=text", "data.path=/data/ünï/côde.txt")
+    assert out.returncode == 2, out.stderr[-3000:]
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    assert "quote" in lines[0] and "data.path='/data/ünï/côde.txt'" in lines[0], lines[0]
