@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -303,7 +303,48 @@ def answer_prompts(cfg: SampleConfig) -> list[tuple[str, str]]:
     return [(p.shown, r) for p, r in zip(repeated, responses, strict=True)]
 
 
+# What each key of SampleConfig means, for --help.
+HELP = {
+    "ckpt_path": "a run directory (its best checkpoint: lowest val/loss), a .ckpt file, or last "
+    "(the latest run under $LLM_SCRATCH_LOG_DIR or outputs/)",
+    "prompt": "the text to continue",
+    "prompt_file": "read the prompt from this file instead",
+    "prompts_file": "answer every prompt of a file: one per line, or JSON Lines with "
+    "instruction/input (formatted with the checkpoint's template)",
+    "batch_size": "prompts answered at once with prompts_file",
+    "num_samples": "samples per prompt",
+    "max_new_tokens": "tokens to generate",
+    "temperature": "0: greedy; higher: more random",
+    "top_k": "sample among the k most likely tokens (null: all)",
+    "top_p": "nucleus sampling: the smallest set of tokens with this probability (null: off)",
+    "seed": "the sampling seed (the same seed, the same samples)",
+    "device": "auto (the GPU if there is one), cpu, cuda, cuda:<n> or mps",
+}
+
+
+def usage() -> str:
+    """``--help``: the command, every option with its default, and examples."""
+    lines = [
+        "Sample from a trained model: python training/sample.py ckpt_path=<run dir> [key=value ...]",
+        "",
+        "Options (key=value; default in brackets):",
+    ]
+    for f in fields(SampleConfig):
+        default = "required" if f.default == "???" else repr(f.default)
+        lines.append(f"  {f.name:<15} {HELP[f.name]} [{default}]")
+    lines += [
+        "",
+        "Examples:",
+        '  python training/sample.py ckpt_path=last prompt="Every effort moves you" temperature=0',
+        "  python training/sample.py ckpt_path=<run dir> prompts_file=prompts.jsonl max_new_tokens=80",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
+    if any(arg in ("--help", "-h") for arg in argv):
+        print(usage())
+        return 0
     try:
         cfg = parse_args(argv)
         if cfg.prompts_file:

@@ -317,3 +317,30 @@ def test_progress_lines_count_steps_toward_max_steps(tmp_path):
     assert lines[0] == "training: 9 batches per epoch, 12 steps"
     assert lines[-1].startswith("step 12/12 (epoch 1, batch 3/9) ["), lines
     assert all("/12 (" in ln for ln in lines[1:]), lines
+
+
+def test_sample_help_lists_every_option_with_its_default():
+    from dataclasses import fields
+
+    from llm_scratch.sample import SampleConfig
+
+    result = run_cli("training/sample.py", "--help")
+    assert result.returncode == 0, result.stderr
+    for f in fields(SampleConfig):
+        assert f"  {f.name} " in result.stdout, f.name
+    assert "[200]" in result.stdout  # max_new_tokens' default
+
+
+def test_sample_takes_last_and_says_which_checkpoint(tmp_path):
+    log_dir = tmp_path / "outputs"
+    run = log_dir / "train" / "runs" / "one"
+    train(compose_config([*FAST, "trainer.max_steps=2", "trainer.limit_val_batches=1"], run))
+    result = run_cli(
+        "training/sample.py",
+        "ckpt_path=last",
+        "max_new_tokens=3",
+        "device=cpu",
+        env={"LLM_SCRATCH_LOG_DIR": str(log_dir)},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"checkpoint: {run / 'checkpoints' / 'last.ckpt'}" in result.stderr
