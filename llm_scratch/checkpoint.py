@@ -31,6 +31,7 @@ from torch import nn
 from llm_scratch.data.instruct import PromptTemplate
 from llm_scratch.data.tokenizers import Tokenizer, tokenizer_from_dict
 from llm_scratch.errors import UserError
+from llm_scratch.hub import check_hub_name
 from llm_scratch.model.factory import build_model
 from llm_scratch.model.pretrained import (
     config_from_trained,
@@ -245,6 +246,7 @@ def init_from_config(
     architecture) or a GPT-2 checkpoint; either way ``model.dropout`` and ``model.attention``
     are the user's and the context is ``data.context_length``."""
     if not is_run_checkpoint(init_from):
+        check_hub_name(init_from)  # offline: one line now, not a minute of retries
         return init_from_model_config(model_cfg, init_from, vocab_size, context_length)
     hparams = read_checkpoint(_init_checkpoint(init_from), mmap=True)["hyper_parameters"]
     return config_from_trained(hparams["model"], model_cfg, init_from, vocab_size, context_length)

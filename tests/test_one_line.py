@@ -63,3 +63,26 @@ def test_a_non_ascii_path_says_to_quote_it(tmp_path):
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
     assert "quote" in lines[0] and "data.path='/data/ünï/côde.txt'" in lines[0], lines[0]
+
+
+def test_init_from_a_hub_name_offline_fails_at_once(tmp_path, monkeypatch):
+    import socket
+    import time
+
+    from llm_scratch import hub
+
+    def no_network(*args, **kwargs):
+        raise OSError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(hub, "_cached", lambda name: False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "")  # restored after the test
+    start = time.monotonic()
+    with pytest.raises(UserError, match=r"init_from=gpt2: cannot reach huggingface.co .*cache"):
+        train(compose_config([*TINY, "init_from=gpt2"], tmp_path / "run"))
+    assert time.monotonic() - start < 20
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").rglob("*"))
+    # cached: the cached files are used, without retrying the network
+    monkeypatch.setattr(hub, "_cached", lambda name: True)
+    hub.check_hub_name("gpt2")
+    assert __import__("os").environ["HF_HUB_OFFLINE"] == "1"
