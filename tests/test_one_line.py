@@ -86,3 +86,12 @@ def test_init_from_a_hub_name_offline_fails_at_once(tmp_path, monkeypatch):
     monkeypatch.setattr(hub, "_cached", lambda name: True)
     hub.check_hub_name("gpt2")
     assert __import__("os").environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_a_model_too_large_for_memory_is_one_line_while_it_is_built(tmp_path):
+    # 12 * 2**40 weights (48 TiB): the allocator refuses while the model is built, before
+    # training (and its out-of-memory message about batches) starts
+    big = ["model.n_layer=1", "model.n_head=1", "model.n_embd=1048576"]
+    with pytest.raises(UserError, match=r"Out of memory while building the model \(n_layer=1"):
+        train(compose_config([*TINY, *big], tmp_path / "run"))
+    assert not any((tmp_path / "run").rglob("*"))

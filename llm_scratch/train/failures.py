@@ -19,18 +19,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from llm_scratch.compat import stop_at_batch_end
 from llm_scratch.errors import Interrupted, Preempted, UserError
 from llm_scratch.train.callbacks import SigtermCheckpoint
+from llm_scratch.utils.memory import is_out_of_memory
 
 log = logging.getLogger(__name__)
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    if isinstance(error, torch.OutOfMemoryError):
-        return True
-    text = str(error)
-    return isinstance(error, RuntimeError) and (
-        "can't allocate memory" in text  # DefaultCPUAllocator
-        or "out of memory" in text.lower()  # CUDA, MPS, XPU
-    )
 
 
 def out_of_memory_message(batch_size: int, accumulate: int) -> str:

@@ -16,12 +16,14 @@ from llm_scratch.compat import (
     reopen_epoch_stopped_by_max_steps,
     start_next_epoch_plainly,
 )
+from llm_scratch.errors import UserError
 from llm_scratch.model import GPTConfig
 from llm_scratch.model.factory import build_model
 from llm_scratch.train.checkpointing import get_rng_states, set_rng_states
 from llm_scratch.train.metrics import TokenWeightedMean
 from llm_scratch.train.optim import OptimizerConfig, SchedulerConfig, build_adamw, lr_multiplier
 from llm_scratch.train.sharding import configure_sharding
+from llm_scratch.utils.memory import is_out_of_memory
 
 # A batch: (inputs, targets) windows of a corpus, or an instruction batch (a dict, see
 # llm_scratch/data/instruct.py's InstructionCollator).
@@ -82,7 +84,16 @@ class GPTLightningModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["load_init_weights"])
-        self.model_config, self.model = build_model(model)
+        try:
+            self.model_config, self.model = build_model(model)
+        except (RuntimeError, torch.OutOfMemoryError) as error:
+            if not is_out_of_memory(error):
+                raise
+            raise UserError(
+                f"Out of memory while building the model ({_describe(model)}): choose a smaller "
+                "one (model=gpt-nano, fewer model.n_layer or model.n_embd), or a machine with "
+                "more memory."
+            ) from error
         if init_from and load_init_weights:
             load_initial_model_weights(self.model, init_from, tokenizer)
         self.optimizer_config = OptimizerConfig(**(optimizer or {}))
@@ -189,3 +200,8 @@ class GPTLightningModule(L.LightningModule):
             # Under DDP a resumed epoch restarts from its first batch, and the checkpoint holds
             # rank 0's sums only: start the epoch's mean afresh.
             self.train_epoch_loss.reset()
+
+
+def _describe(model: dict) -> str:
+    keys = ("n_layer", "n_head", "n_embd", "vocab_size", "context_length")
+    return ", ".join(f"{k}={model[k]}" for k in keys if k in model) or "its config"
