@@ -42,6 +42,15 @@ class ResumableDataModule(L.LightningDataModule):
     """
 
     collate_fn: Any = None
+    tokenizer: Tokenizer  # a subclass's: built from its settings (and its corpus, for char)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.tokenizer.eos_id
 
     def __init__(
         self,
@@ -256,14 +265,6 @@ class LMDataModule(ResumableDataModule):
             text = self._load_text() if self.tokenizer_name == "char" else None
             self._tokenizer = build_tokenizer(self.tokenizer_name, text)
         return self._tokenizer
-
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.vocab_size
-
-    @property
-    def eos_id(self) -> int | None:
-        return self.tokenizer.eos_id
 
     @property
     def default_prompt(self) -> str:

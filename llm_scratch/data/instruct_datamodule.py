@@ -132,14 +132,6 @@ class InstructDataModule(ResumableDataModule):
         return self._tokenizer
 
     @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.vocab_size
-
-    @property
-    def eos_id(self) -> int | None:
-        return self.tokenizer.eos_id
-
-    @property
     def collate_fn(self) -> InstructionCollator:  # type: ignore[override]
         return InstructionCollator(self.tokenizer.eos_id, self.mask_prompt)
 
