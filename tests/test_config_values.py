@@ -29,6 +29,7 @@ TINY = [
         ("trainer.val_check_interval=0", r"trainer.val_check_interval=0 is out of range"),
         ("trainer.val_check_interval=1.5", r"trainer.val_check_interval=1.5 is out of range"),
         ("trainer.max_steps=0", r"trainer.max_steps=0 is out of range"),
+        ("trainer.max_epochs=0", r"trainer.max_epochs=0 is out of range.*0 trains nothing"),
         ("data.batch_size=0", r"data.batch_size=0 is out of range"),
         ("callbacks.text_sampler.temperature=-1", r"callbacks.text_sampler.temperature=-1 "),
         ("callbacks.text_sampler.max_new_tokens=-1", r"callbacks.text_sampler.max_new_tokens=-1"),

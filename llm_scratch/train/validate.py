@@ -177,6 +177,10 @@ RANGES: dict[str, tuple[Any, str]] = {
         "a number of training batches >= 1, or a fraction of an epoch in (0, 1]",
     ),
     "trainer.max_steps": (lambda v: _int_at_least(-1)(v) and v != 0, "-1 (no limit) or >= 1"),
+    "trainer.max_epochs": (
+        lambda v: v is None or (_int_at_least(-1)(v) and v != 0),
+        "null or -1 (no limit), or >= 1 (0 trains nothing)",
+    ),
     "data.batch_size": (_int_at_least(1), "an integer >= 1"),
     "callbacks.text_sampler.max_new_tokens": (_int_at_least(1), "an integer >= 1"),
     "callbacks.text_sampler.temperature": (
