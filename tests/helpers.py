@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(_CONFIG_DIR)
 
 __all__ = [
+    "CHAR_VERDICT",
     "CONFIG_DIR",
     "FAST",
     "REPO",
@@ -36,6 +37,15 @@ FAST = [
     "trainer.num_sanity_val_steps=0",
     "trainer.enable_model_summary=false",
     "trainer.log_every_n_steps=1",
+]
+# gpt-nano on character-level Verdict: 23 batches of 24 windows of 32 characters per epoch.
+CHAR_VERDICT = [
+    *FAST,
+    "data.tokenizer=char",
+    "data.context_length=32",
+    "data.stride=null",
+    "data.batch_size=24",
+    "trainer.limit_val_batches=2",
 ]
 
 

@@ -7,15 +7,10 @@ import pytest
 
 from llm_scratch.errors import UserError
 from llm_scratch.train.job import train
-from tests.helpers import FAST, compose_config, run_cli
+from tests.helpers import CHAR_VERDICT, compose_config, run_cli
 
 TINY = [
-    *FAST,
-    "data.tokenizer=char",
-    "data.context_length=32",
-    "data.stride=null",
-    "data.batch_size=24",
-    "trainer.limit_val_batches=2",
+    *CHAR_VERDICT,
     "trainer.max_steps=2",
 ]
 

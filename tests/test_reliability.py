@@ -26,18 +26,10 @@ from llm_scratch.train.job import train
 from llm_scratch.train.module import GPTLightningModule
 from llm_scratch.utils import io as io_utils
 from llm_scratch.utils.io import atomic_write_text
-from tests.helpers import CONFIG_DIR, FAST, char_checkpoint, compose_config, run_cli
+from tests.helpers import CHAR_VERDICT, CONFIG_DIR, char_checkpoint, compose_config, run_cli
 from tests.reliability_helpers import Malicious
 
-# A short char-level run on The Verdict: 23 batches of 24 windows of 32 characters per epoch.
-TINY = [
-    *FAST,
-    "data.tokenizer=char",
-    "data.context_length=32",
-    "data.stride=null",
-    "data.batch_size=24",
-    "trainer.limit_val_batches=2",
-]
+TINY = CHAR_VERDICT
 
 
 def assert_one_line_error(out: subprocess.CompletedProcess, *words: str) -> str:

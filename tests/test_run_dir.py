@@ -16,15 +16,10 @@ import yaml
 from llm_scratch.errors import UserError
 from llm_scratch.train.job import train
 from llm_scratch.train.run_dir import CLAIM, claim_run_dir
-from tests.helpers import FAST, REPO, compose_config, read_metrics, run_cli
+from tests.helpers import CHAR_VERDICT, REPO, compose_config, read_metrics, run_cli
 
 TINY = [
-    *FAST,
-    "data.tokenizer=char",
-    "data.context_length=32",
-    "data.stride=null",
-    "data.batch_size=24",
-    "trainer.limit_val_batches=2",
+    *CHAR_VERDICT,
     "trainer.max_steps=4",
     "trainer.val_check_interval=2",
 ]
