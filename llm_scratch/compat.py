@@ -151,7 +151,7 @@ class QuietJobReturn(JobReturn):
     Hydra 1.3's ``JobReturn.return_value`` logs that line and re-raises the stored exception when
     the job failed; the sweeper reads it for every job. This raises the stored exception without
     logging it. Written against hydra-core 1.3.2 to 1.3.8; tests:
-    tests/test_errors_cli.py::test_failed_sweep_job_is_one_line_and_its_output_is_kept.
+    tests/test_reliability.py::test_failed_sweep_job_is_one_line_and_its_output_is_kept.
     """
 
     @property

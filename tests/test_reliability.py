@@ -1,13 +1,19 @@
 """Bad input gives one clear line, nothing is lost, unsafe files are refused: through the entry
-points users call (a few subprocesses) and through ``train()`` / ``sample.main()`` for the rest.
-"""
+points users call (subprocesses, as a user runs them) and through ``train()`` / ``sample.main()``
+for the rest. Also what a library still raises from a user's setting (a validation interval
+longer than an epoch, a full disk while torch.save writes, a non-ASCII path), output directories
+Hydra cannot create, failed and stopped sweeps, damaged sweep files for the report, and bad
+sampling requests."""
 
 from __future__ import annotations
 
 import errno
 import os
 import re
+import signal
 import subprocess
+import sys
+import time
 import urllib.error
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -26,7 +32,7 @@ from llm_scratch.train.job import train
 from llm_scratch.train.module import GPTLightningModule
 from llm_scratch.utils import io as io_utils
 from llm_scratch.utils.io import atomic_write_text
-from tests.helpers import CHAR_VERDICT, CONFIG_DIR, char_checkpoint, compose_config, run_cli
+from tests.helpers import CHAR_VERDICT, CONFIG_DIR, REPO, char_checkpoint, compose_config, run_cli
 from tests.reliability_helpers import Malicious
 
 TINY = CHAR_VERDICT
@@ -469,3 +475,315 @@ def test_umask_is_read_with_or_without_proc(umask_022, monkeypatch):
     monkeypatch.setattr("builtins.open", no_proc)
     assert io_utils.current_umask() == 0o022
     assert os.umask(0o022) == 0o022  # and left as it was
+
+
+# ==================== One-line errors through the real entry points: output directories Hydra cannot create, fai...
+
+
+def one_error_line(out: subprocess.CompletedProcess, *words: str, code: int = 2) -> str:
+    """The single ``error:`` line of a run that failed with ``code`` and no traceback."""
+    assert out.returncode == code, (out.returncode, out.stderr[-3000:])
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, out.stderr[-3000:]
+    for word in words:
+        assert word in errors[0], errors[0]
+    return errors[0]
+
+
+# ----------------------------------------------------------------------------- output directories
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (["hydra.run.dir={blocker}/run"], ["{blocker}/run", "a file, not a directory"]),
+        (["paths.log_dir={blocker}/x"], ["{blocker}/x/train/runs/", "paths.log_dir=<dir>"]),
+        (["-m", "paths.log_dir={blocker}/x"], ["{blocker}/x/train/multiruns/", "{blocker}:"]),
+    ],
+    ids=["run_dir", "log_dir", "log_dir_multirun"],
+)
+def test_uncreatable_output_dir_is_one_line(tmp_path, args, words):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    out = run_cli(
+        "training/run_experiment.py", *(a.format(blocker=blocker) for a in args), "model=gpt-nano"
+    )
+    one_error_line(
+        out, "Cannot create the output directory", *(w.format(blocker=blocker) for w in words)
+    )
+
+
+# ----------------------------------------------------------------------------- sweeps
+def test_failed_sweep_job_is_one_line_and_its_output_is_kept(tmp_path):
+    sweep = tmp_path / "sweep"
+    # fails on the bad value in the job, before any training (a wrong type would already be
+    # refused when the sweep composes its config)
+    out = run_cli(
+        "training/run_experiment.py",
+        "-m",
+        "model=gpt-nano",
+        "model.n_layer=0",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr and "Error executing job" not in out.stderr, out.stderr
+    # the job's own error line, then the sweep's
+    child, last = out.stderr.strip().splitlines()[-2:]
+    assert child.startswith("error: Bad model configuration: GPTConfig.n_layer=0"), out.stderr
+    assert last.startswith("error: Sweep job #0 (model=gpt-nano model.n_layer=0)"), last
+    assert f"{sweep / '0' / 'job_output.log'}" in last and "1 of 1 job(s) failed" in last
+    assert child in (sweep / "0" / "job_output.log").read_text()
+    # the sweep directory in full, at the start and with the report command at the end
+    assert f"Sweep directory: {sweep}\n" in out.stdout, out.stdout
+    assert f"report: python training/report.py {sweep}" in out.stdout, out.stdout
+
+
+def test_gpu_parallel_sweep_without_gpus_is_one_line(tmp_path):
+    out = run_cli(
+        "training/run_experiment.py",
+        "-m",
+        "hydra/launcher=gpu_parallel",
+        "model=gpt-nano",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        env={"CUDA_VISIBLE_DEVICES": ""},
+    )
+    one_error_line(out, "devices_per_job=1 but only 0 GPU(s)", "devices_per_job=null")
+
+
+@pytest.mark.slow  # a sweep that trains until it is stopped
+def test_sigterm_to_a_sweep_stops_its_job_with_a_checkpoint(tmp_path):
+    sweep = tmp_path / "sweep"
+    environ = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "training/run_experiment.py",
+            "-m",
+            "model=gpt-nano",
+            "data.tokenizer=char",
+            "data.context_length=32",
+            "data.batch_size=8",
+            "trainer.accelerator=cpu",
+            "trainer.num_sanity_val_steps=0",
+            "trainer.enable_model_summary=false",
+            "trainer.max_steps=100000",
+            "+callbacks.throttle._target_=tests.reliability_helpers.Throttle",
+            "+callbacks.throttle.seconds=0.1",
+            "model.pre_norm=true,false",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=REPO,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    output = sweep / "0" / "job_output.log"
+    deadline = time.monotonic() + 120
+    # the job is training once it has printed its batches per epoch
+    while not (output.is_file() and "batches per epoch" in output.read_text()):
+        assert parent.poll() is None, parent.communicate()[1][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    # the job runs from a thread of the sweep: its children are listed under that thread
+    tasks = Path(f"/proc/{parent.pid}/task").glob("*/children")
+    children = [pid for task in tasks for pid in task.read_text().split()]
+    assert len(children) == 1, children
+    parent.send_signal(signal.SIGTERM)
+    _, err = parent.communicate(timeout=120)
+
+    assert parent.returncode == 143, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: Sweep stopped by SIGTERM"), err[-3000:]
+    assert f"hydra.sweep.dir={sweep}" in last and "#1 did not start" in last, last
+    assert not Path(f"/proc/{children[0]}").exists(), "the job outlived the sweep"
+    assert (sweep / "0" / "checkpoints" / "last.ckpt").is_file()
+    assert not (sweep / "1").exists()
+
+
+# ----------------------------------------------------------------------------- sweep reports
+def damaged_sweep(root: Path) -> Path:
+    """A one-job sweep directory whose job was killed while writing its last metrics row and
+    its last sample."""
+    job = root / "sweep" / "0"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("- model.pre_norm=false\n")
+    (job / "metrics.csv").write_text(
+        "epoch,step,train/loss,val/loss\n0,0,10.5,\n0,1,9.5,9.8\n0,2,9.4e"
+    )
+    (job / "samples.jsonl").write_text('{"step": 1, "text": "Every effort"}\n{"step": 2, "te')
+    return root / "sweep"
+
+
+def test_report_skips_damaged_rows_and_lines_with_a_warning(tmp_path, caplog):
+    from llm_scratch.report import collect_jobs
+
+    (job,), _ = collect_jobs(damaged_sweep(tmp_path))
+    assert job.train_curve == [(0, 10.5), (1, 9.5)] and job.val_curve == [(1, 9.8)]
+    assert job.sample == "Every effort"
+    warnings = [r.getMessage() for r in caplog.records]
+    assert any("1 damaged row(s)" in w and "metrics.csv" in w for w in warnings), warnings
+    assert any("1 damaged line(s)" in w and "samples.jsonl" in w for w in warnings), warnings
+
+
+def test_report_to_an_unwritable_out_is_one_line(tmp_path):
+    sweep = damaged_sweep(tmp_path)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    for out_dir in (blocker, blocker / "sub"):
+        out = run_cli("training/report.py", str(sweep), "--out", str(out_dir))
+        one_error_line(out, f"Cannot write the report to {out_dir}", "--out DIR")
+
+
+# ----------------------------------------------------------------------------- sampling
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["device=gpu"], "device=gpu is not a device torch knows: use cpu, cuda"),
+        (["num_samples=0"], "num_samples=0: ask for at least 1 sample"),
+        (["num_samples=-2"], "num_samples=-2: ask for at least 1 sample"),
+    ],
+)
+def test_sample_bad_device_or_count_is_one_line(tmp_path, capsys, args, match):
+    from llm_scratch import sample
+
+    ckpt = char_checkpoint(tmp_path / "char.ckpt")
+    assert sample.main([f"ckpt_path={ckpt}", "prompt=hello", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and match in err, err
+
+
+def test_sample_on_cuda_without_a_gpu_is_one_line(tmp_path, capsys, monkeypatch):
+    import torch
+
+    from llm_scratch import sample
+
+    ckpt = char_checkpoint(tmp_path / "char.ckpt")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    for device in ("cuda", "cuda:1"):
+        assert sample.main([f"ckpt_path={ckpt}", "prompt=hello", f"device={device}"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"device={device} but" in err and "device=cpu" in err
+
+
+def test_sample_from_a_file_that_is_no_checkpoint_says_so(tmp_path, capsys):
+    from llm_scratch import sample
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello, these are my notes\n")
+    assert sample.main([f"ckpt_path={notes}", "prompt=hello"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{notes} is not a checkpoint" in err, err
+    assert "refused" not in err
+
+
+# ----------------------------------------------------------------------------- sweep without -m
+@pytest.mark.parametrize("in_sweep", [False, True], ids=["single_run", "sweep_job"])
+def test_a_sweep_started_without_m_warns(tmp_path, in_sweep):
+    env = {"LLM_SCRATCH_SWEEP_ID": "train-x"} if in_sweep else {}
+    # a missing data file ends the run right after the warning
+    overrides = ["experiment=ablation_norm_cpu", "data=text", f"data.path={tmp_path / 'no.txt'}"]
+    out = run_cli(
+        "training/run_experiment.py", *overrides, f"hydra.run.dir={tmp_path / 'run'}", env=env
+    )
+    one_error_line(out, "no.txt")
+    warned = "defines a sweep over seed, model.pre_norm" in out.stdout + out.stderr
+    assert warned != in_sweep, out.stdout  # a sweep's own jobs are single runs: no warning
+    if not in_sweep:
+        assert f"python training/run_experiment.py -m {' '.join(overrides)}" in out.stdout
+
+
+# ==================== What a library still raises from a user's setting comes out as one line: a validation inte...
+
+TINY_4_STEPS = [
+    *CHAR_VERDICT,
+    "trainer.max_steps=4",
+]
+
+
+def test_a_validation_interval_longer_than_an_epoch_says_how(tmp_path):
+    with pytest.raises(
+        UserError,
+        match=r"val_check_interval=100000 is more than the 23 .*"
+        r"check_val_every_n_epoch=null",
+    ) as info:
+        train(compose_config([*TINY_4_STEPS, "trainer.val_check_interval=100000"], tmp_path / "a"))
+    assert "\n" not in str(info.value)
+    # and the way it names works: every 3 batches across epochs
+    overrides = [
+        *TINY_4_STEPS,
+        "trainer.val_check_interval=3",
+        "trainer.check_val_every_n_epoch=null",
+    ]
+    train(compose_config(overrides, tmp_path / "b"))
+
+
+def test_a_full_disk_inside_torch_save_is_one_line_and_keeps_the_previous(tmp_path, monkeypatch):
+    """torch's zip writer reports a full disk as RuntimeError (inline_container.cc)."""
+    run = tmp_path / "run"
+    real_save = torch.save
+    calls = []
+
+    def save(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            f.write(b"partial")
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    cfg = compose_config(
+        [
+            *TINY_4_STEPS,
+            "trainer.max_steps=6",
+            "callbacks.periodic_checkpoint.every_n_train_steps=2",
+        ],
+        run,
+    )
+    with pytest.raises(UserError, match=r"Could not write the checkpoint .*MiB free.*kept"):
+        train(cfg)
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt"]
+
+
+def test_a_non_ascii_path_says_to_quote_it(tmp_path):
+    out = run_cli(
+        "training/run_experiment.py", *TINY_4_STEPS, "data=text", "data.path=/data/ünï/côde.txt"
+    )
+    assert out.returncode == 2, out.stderr[-3000:]
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    assert "quote" in lines[0] and "data.path='/data/ünï/côde.txt'" in lines[0], lines[0]
+
+
+def test_init_from_a_hub_name_offline_fails_at_once(tmp_path, monkeypatch):
+    import socket
+    import time
+
+    from llm_scratch import hub
+
+    def no_network(*args, **kwargs):
+        raise OSError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(hub, "_cached", lambda name: False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "")  # restored after the test
+    start = time.monotonic()
+    with pytest.raises(UserError, match=r"init_from=gpt2: cannot reach huggingface.co .*cache"):
+        train(compose_config([*TINY_4_STEPS, "init_from=gpt2"], tmp_path / "run"))
+    assert time.monotonic() - start < 20
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").rglob("*"))
+    # cached: the cached files are used, without retrying the network
+    monkeypatch.setattr(hub, "_cached", lambda name: True)
+    hub.check_hub_name("gpt2")
+    assert __import__("os").environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_a_model_too_large_for_memory_is_one_line_while_it_is_built(tmp_path):
+    # 12 * 2**40 weights (48 TiB): the allocator refuses while the model is built, before
+    # training (and its out-of-memory message about batches) starts
+    big = ["model.n_layer=1", "model.n_head=1", "model.n_embd=1048576"]
+    with pytest.raises(UserError, match=r"Out of memory while building the model \(n_layer=1"):
+        train(compose_config([*TINY_4_STEPS, *big], tmp_path / "run"))
+    assert not any((tmp_path / "run").rglob("*"))

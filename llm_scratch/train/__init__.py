@@ -1,4 +1,5 @@
-"""Training with Lightning: the LightningModule, optimizer and schedules, callbacks, the job."""
+"""Training with Lightning: the job, the LightningModule, callbacks, checkpointing, optimizers and
+schedules, loggers, the run directory, typed configs (one file each; see the README's Layout)."""
 
 from llm_scratch.train.module import GPTLightningModule
 from llm_scratch.train.optim import OptimizerConfig, SchedulerConfig
