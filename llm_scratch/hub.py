@@ -42,9 +42,19 @@ def reachable() -> bool:
         return False
 
 
+def looks_like_a_path(name: str) -> bool:
+    """A hub repo id is ``name`` or ``org/name``; anything absolute, relative to ``.`` or ``~``,
+    or deeper is a path (a missing one gets the loader's "cannot load" error, and no probe)."""
+    return (
+        name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+    )
+
+
 def check_hub_name(name: str, key: str = "init_from") -> None:
     """Refuse, with one line and at once, a hub name that cannot be fetched."""
-    if Path(name).expanduser().exists() or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+    if Path(name).expanduser().exists() or looks_like_a_path(name):
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
         return
     if reachable():
         return

@@ -778,6 +778,10 @@ def test_init_from_a_hub_name_offline_fails_at_once(tmp_path, monkeypatch):
     monkeypatch.setattr(hub, "_cached", lambda name: True)
     hub.check_hub_name("gpt2")
     assert __import__("os").environ["HF_HUB_OFFLINE"] == "1"
+    # a path is never probed as a hub name (a missing one gets the loader's own error)
+    assert hub.looks_like_a_path("/data/gpt2") and hub.looks_like_a_path("./gpt2")
+    assert hub.looks_like_a_path("runs/a/b") and not hub.looks_like_a_path("openai-community/gpt2")
+    assert not hub.looks_like_a_path("gpt2")
 
 
 def test_a_model_too_large_for_memory_is_one_line_while_it_is_built(tmp_path):
