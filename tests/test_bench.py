@@ -145,7 +145,7 @@ def test_training_metrics_stay_logged_at_every_logging_step(tmp_path, shared_dat
     train(cfg)
     rows = read_metrics(run)
     loss_rows = [r for r in rows if r.get("train/loss")]
-    assert [int(r["step"]) for r in loss_rows] == [2, 5, 8, 11, 14, 17]
+    assert [int(r["step"]) for r in loss_rows] == [3, 6, 9, 12, 15, 18]
     assert all(r.get("train/lr") for r in loss_rows)
     assert len(column(rows, "train/epoch_loss")) == 2
     assert all(0 < v < 20 for v in column(rows, "train/epoch_loss"))

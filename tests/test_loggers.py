@@ -1,13 +1,17 @@
-"""Loggers: W&B never waits on a login prompt; TensorBoard and CSV side by side."""
+"""Loggers: W&B never waits on a login prompt; TensorBoard and CSV side by side; one step count
+in every output."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 
 import pytest
+import torch
 
 from llm_scratch.train.job import train
-from tests.helpers import FAST, compose_config
+from tests.helpers import CHAR_VERDICT, FAST, by_step, compose_config, read_metrics, run_cli
 
 ONE_EPOCH = [*FAST, "trainer.max_epochs=1", "callbacks.text_sampler.max_new_tokens=3"]
 
@@ -37,3 +41,37 @@ def test_tensorboard_and_csv_together(tmp_path):
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"train/loss", "val/loss", "val/ppl"} <= set(header)
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_a_validation_carries_one_step_number_in_every_output(tmp_path):
+    """The console, metrics.csv, TensorBoard, samples.jsonl and the best checkpoint's name all
+    count optimizer steps done: the validation after the 5th step is step 5 everywhere."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    out = run_cli(
+        "training/run_experiment.py",
+        *CHAR_VERDICT,
+        "trainer.max_steps=10",
+        "callbacks.text_sampler.max_new_tokens=3",
+        "trainer.val_check_interval=5",
+        "logger=[csv,tensorboard]",
+        f"hydra.run.dir={run}",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    console = out.stdout + out.stderr
+    assert re.findall(r"validation at step (\d+)", console) == ["5", "10"], console[-3000:]
+    rows = read_metrics(run)
+    assert [int(r["step"]) for r in rows if r["val/loss"]] == [5, 10]
+    assert [int(r["step"]) for r in rows if r["train/loss"]] == list(range(1, 11))
+    assert {r["epoch"] for r in rows} == {"0"}
+    events = EventAccumulator(str(next((run / "tensorboard").rglob("events.out.tfevents.*"))))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val/loss")] == [5, 10]
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 11))
+    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in samples] == [5, 10]
+    (best,) = (run / "checkpoints").glob("best-*.ckpt")
+    step, val = re.fullmatch(r"best-step(\d+)-val([\d.]+)\.ckpt", best.name).groups()
+    assert int(step) == torch.load(best, weights_only=True, map_location="cpu")["global_step"]
+    assert f"{by_step(run, 'val/loss')[int(step)]:.4f}" == val

@@ -80,7 +80,7 @@ def uninterrupted(tmp_path_factory) -> dict[int, float]:
     run = tmp_path_factory.mktemp("uninterrupted") / "run"
     finish(start(run))
     result = losses(run)
-    assert sorted(result) == list(range(46))
+    assert sorted(result) == list(range(1, 47))
     return result
 
 
@@ -122,7 +122,7 @@ def test_killed_run_resumes_exactly(tmp_path, uninterrupted, sig):
     resumed = tmp_path / "resumed"
     finish(start(resumed, f"ckpt_path={killed}"))
     after = losses(resumed)
-    assert sorted(after) == list(range(step, 46))
+    assert sorted(after) == list(range(step + 1, 47))
     diff = max(abs(after[s] - uninterrupted[s]) for s in after)
     print(f"{sig.name}: resumed at step {step}, max abs loss difference {diff:.3g}")
     assert diff <= TOLERANCE, diff
@@ -163,7 +163,7 @@ def test_raising_max_steps_continues_where_the_run_stopped(tmp_path, sampling):
     for max_steps in (3, 8, 11, 12):
         continued.update(run(f"to{max_steps}", max_steps, previous))
         previous = tmp_path / f"to{max_steps}"
-    assert sorted(continued) == sorted(whole) == list(range(12))
+    assert sorted(continued) == sorted(whole) == list(range(1, 13))
     assert max(abs(continued[s] - whole[s]) for s in whole) == 0
 
 

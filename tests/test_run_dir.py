@@ -192,7 +192,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert [
         int(r["step"]) for r in read_metrics(tmp_path / "continued") if r.get("train/loss")
-    ] == [saved]
+    ] == [saved + 1]
 
 
 # ----------------------------------------------------------------------------- item 7

@@ -421,7 +421,7 @@ def test_a_stopped_sweep_continues_where_it_stopped(tmp_path):
         # the continued job's record is the uninterrupted one's: no row missing or twice, the
         # same losses to the last digit
         assert metrics_rows(job) == metrics_rows(ref)
-        assert [int(r["step"]) for r in metrics_rows(job) if r["train/loss"]] == list(range(6))
+        assert [int(r["step"]) for r in metrics_rows(job) if r["train/loss"]] == list(range(1, 7))
         assert (job / "samples.jsonl").read_text() == (ref / "samples.jsonl").read_text()
         summary, ref_summary = (json.loads((d / "summary.json").read_text()) for d in (job, ref))
         for metrics in (summary["metrics"], ref_summary["metrics"]):
@@ -527,7 +527,7 @@ def test_a_sweep_is_compared_with_the_job_list_it_recorded(tmp_path):
 
 def test_a_continued_job_keeps_the_rows_before_its_checkpoint(tmp_path, monkeypatch):
     # as a job killed (SIGKILL) 4 steps after its last checkpoint (step 6) leaves it: rows up to
-    # step 9, the last one cut short; samples after the checkpoint
+    # step 10, the last one cut short; samples after the checkpoint
     from lightning.pytorch.loggers import CSVLogger
 
     from llm_scratch.train.sweep_resume import continued_sweep_job, drop_rows_after_checkpoint
@@ -535,10 +535,12 @@ def test_a_continued_job_keeps_the_rows_before_its_checkpoint(tmp_path, monkeypa
     job = tmp_path / "3"
     (job / "checkpoints").mkdir(parents=True)
     torch.save({"global_step": 6}, job / "checkpoints" / "last.ckpt")
-    header = "epoch,step,train/loss,val/loss\r\n"
-    rows = [f"0,{s},{4 - s / 10},\r\n" for s in range(10)]
-    rows.insert(3, "0,2,,3.9\r\n")  # the validation after step 2's batch
-    (job / "metrics.csv").write_text(header + "".join(rows) + "0,10,3.", newline="")
+    header = "epoch,step,train/epoch_loss,train/loss,val/loss\r\n"
+    rows = [f"0,{s},,{4 - s / 10},\r\n" for s in range(1, 10)]
+    rows.insert(3, "0,3,,,3.9\r\n")  # the validation after step 3
+    # an epoch that ended at step 6: the continued run logs its row again
+    rows.insert(7, "0,6,3.7,,\r\n")
+    (job / "metrics.csv").write_text(header + "".join(rows) + "0,10,,3.", newline="")
     samples = [json.dumps({"epoch": 0, "step": s, "text": "x"}) + "\n" for s in (3, 6, 9)]
     (job / "samples.jsonl").write_text("".join(samples))
 
@@ -551,15 +553,16 @@ def test_a_continued_job_keeps_the_rows_before_its_checkpoint(tmp_path, monkeypa
     assert continued_sweep_job(tmp_path / "another") is None
     assert continued_sweep_job(job) == str(job / "checkpoints" / "last.ckpt")
     drop_rows_after_checkpoint([logger], job)
-    # the continued run logs from step 6 on, a new column too
-    logger.log_metrics({"train/loss": 3.3, "train/lr": 0.1}, step=6)
+    # the continued run logs from step 7 on, a new column too
+    logger.log_metrics({"train/loss": 3.3, "train/lr": 0.1}, step=7)
     logger.save()
     with (job / "metrics.csv").open(newline="") as f:
         text = f.read()
-    # Lightning's own rewrite for a new column, then its row: rows of steps 0 to 5, once each
-    kept = [f"0,{s},{4 - s / 10},,\r\n" for s in range(6)]
-    kept.insert(3, "0,2,,,3.9\r\n")
-    assert text == "epoch,step,train/loss,train/lr,val/loss\r\n" + "".join(kept) + ",6,3.3,0.1,\r\n"
+    # Lightning's own rewrite for a new column, then its row: rows of steps 1 to 6, once each
+    kept = [f"0,{s},,{4 - s / 10},,\r\n" for s in range(1, 7)]
+    kept.insert(3, "0,3,,,,3.9\r\n")
+    header = "epoch,step,train/epoch_loss,train/loss,train/lr,val/loss\r\n"
+    assert text == header + "".join(kept) + ",7,,3.3,0.1,\r\n"
     assert (job / "samples.jsonl").read_text() == "".join(samples[:2])
     # nothing left aside
     assert sorted(p.name for p in job.iterdir()) == ["checkpoints", "metrics.csv", "samples.jsonl"]
@@ -604,7 +607,7 @@ def test_a_sweep_stopped_while_its_job_starts_continues_with_the_printed_command
     ), continued.stdout
     for job in ("0", "1"):
         rows = read_metrics(sweep / job)
-        assert [int(r["step"]) for r in rows if r["train/loss"]] == list(range(6))
+        assert [int(r["step"]) for r in rows if r["train/loss"]] == list(range(1, 7))
         assert "99.0" not in {r["train/loss"] for r in rows}
         assert "stale" not in (sweep / job / "samples.jsonl").read_text()
         assert json.loads((sweep / job / "summary.json").read_text())["global_step"] == 6

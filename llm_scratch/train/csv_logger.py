@@ -10,6 +10,7 @@ so ``metrics.csv`` is always either the old rows or the old rows under the new h
 from __future__ import annotations
 
 import csv
+from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger as _CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
@@ -19,6 +20,14 @@ from llm_scratch.utils.io import atomic_open
 
 
 class AtomicExperimentWriter(ExperimentWriter):
+    def log_metrics(self, metrics_dict: dict[str, Any], step: int | None = None) -> None:
+        # the module logs ``epoch`` as a metric, a float (train/module.py: _log_step): written
+        # as the integer Lightning writes when it adds the epoch itself
+        epoch = metrics_dict.get("epoch")
+        if isinstance(epoch, float) and epoch.is_integer():
+            metrics_dict = {**metrics_dict, "epoch": int(epoch)}
+        super().log_metrics(metrics_dict, step)
+
     def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
         if "://" in str(self.metrics_file_path):  # remote storage: Lightning's own rewrite
             return super()._rewrite_with_new_header(fieldnames)

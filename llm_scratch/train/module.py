@@ -137,11 +137,27 @@ class GPTLightningModule(L.LightningModule):
             self.log("train/lr", self.lr_schedulers().get_last_lr()[0], on_step=True)
         return loss
 
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        if loggers_write_this_step(self.trainer):
+            self._log_step(on_epoch=False)
+
+    def _log_step(self, on_epoch: bool = True) -> None:
+        """Write this row of the loggers (metrics.csv, TensorBoard, W&B) at the number of
+        optimizer steps done, the step the console, the checkpoint names and samples.jsonl
+        give: Lightning writes a logged ``step`` metric as the row's step. (Without it, Lightning
+        2.6 writes a training step's row and the validation after it one lower, the epoch's row
+        not.) Training rows are logged from on_train_batch_end, after the optimizer step, and
+        ``epoch`` as Lightning adds it to rows without a ``step``."""
+        # sync_dist: the same numbers on every rank; it only quiets Lightning's epoch-level warning
+        for key, value in (("step", self.trainer.global_step), ("epoch", self.current_epoch)):
+            self.log(key, float(value), on_step=not on_epoch, on_epoch=on_epoch, sync_dist=on_epoch)
+
     def on_train_epoch_end(self) -> None:
         if self.train_epoch_loss.update_called:
             # token-weighted mean over the epoch, synced across processes by torchmetrics
             # (sync_dist only quiets Lightning's warning about epoch-level values under DDP)
             self.log("train/epoch_loss", self.train_epoch_loss.compute(), sync_dist=True)
+            self._log_step()
         # The sums are saved in checkpoints, so a run resumed mid-epoch averages the whole epoch.
         # An epoch that max_steps cut short keeps them for the run that continues it (see
         # reopen_epoch_stopped_by_max_steps).
@@ -158,6 +174,7 @@ class GPTLightningModule(L.LightningModule):
         self.val_loss.reset()
         # Already equal on every rank; sync_dist only quiets Lightning's warning (one all-reduce).
         self.log_dict({"val/loss": loss, "val/ppl": torch.exp(loss)}, prog_bar=True, sync_dist=True)
+        self._log_step()
 
     def configure_model(self) -> None:
         # Only trainer=fsdp's strategy (ModelParallelStrategy) gives the module a device mesh:

@@ -85,9 +85,10 @@ def _complete_lines(text: str) -> str:
 
 
 def _keep_metrics_before(logger: Any, step: int) -> None:
-    """Rows with ``step`` below the checkpoint's global step were logged before it was saved
-    (Lightning logs a batch's row and the validation after it with the step count before that
-    batch, and the continued run logs from the checkpoint's step on)."""
+    """Keep the rows the continued run will not log again: those up to the checkpoint's step,
+    except an epoch's row at that step. (Rows carry the optimizer steps done; the continued run
+    starts after the checkpoint's batch, and logs that batch's epoch row, if the batch ended an
+    epoch, itself.)"""
     path = Path(logger.log_dir) / "metrics.csv"
     aside = path.with_name(_ASIDE)
     if aside.is_file() and not path.is_file():  # a continuation stopped right here before
@@ -100,7 +101,7 @@ def _keep_metrics_before(logger: Any, step: int) -> None:
     header = list(reader.fieldnames or [])
     every = list(reader)
     # (a row with more fields than the header is damaged: dropped too)
-    rows = [row for row in every if None not in row and _before(_row_step(row), step)]
+    rows = [row for row in every if None not in row and _logged_before(row, step)]
     # Lightning's CSV writer removes an existing metrics.csv when it starts: start it with the
     # file aside, then put the kept rows in place and tell the writer their columns
     os.replace(path, aside)
@@ -113,11 +114,16 @@ def _keep_metrics_before(logger: Any, step: int) -> None:
         writer.metrics_keys = header
     aside.unlink()
     log.info(
-        "metrics.csv: kept the %d row(s) logged before step %d, dropped %d logged after it",
+        "metrics.csv: kept the %d row(s) logged up to step %d, dropped %d logged after it",
         len(rows),
         step,
         len(every) - len(rows),
     )
+
+
+def _logged_before(row: dict[str, str], step: int) -> bool:
+    value = _row_step(row)
+    return _before(value, step) or (value == step and not row.get("train/epoch_loss"))
 
 
 def _before(value: int | None, step: int) -> bool:
