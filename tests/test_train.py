@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -121,7 +122,7 @@ def test_verdict_run_learns_and_leaves_a_complete_run_dir(tmp_path):
     )
     train(cfg)
     steps = [int(r["step"]) for r in read_metrics(resumed) if r.get("train/loss")]
-    assert steps[0] == 4 * 9 and steps[-1] == 5 * 9 - 1
+    assert steps[0] == 4 * 9 + 1 and steps[-1] == 5 * 9
 
 
 @pytest.mark.slow
@@ -217,6 +218,7 @@ def test_step_options_count_optimizer_steps_under_gradient_accumulation(
             "callbacks.model_checkpoint=null",
             "callbacks.periodic_checkpoint=null",
             "callbacks.sigterm_checkpoint=null",
+            "callbacks.final_checkpoint=null",
             "callbacks.text_sampler=null",
         ],
         tmp_path / "run",
@@ -257,6 +259,7 @@ def test_a_default_run_console_is_quiet_and_says_where_the_run_went(tmp_path):
         "LeafSpec",
         "could not find the monitored key",
         "Total FLOPs: 0",
+        "`weights_only` was not set",  # the checkpoint saved where the run ends
     ):
         assert noise not in console, noise
     assert "ends the run before its first validation" in console  # our own warning stays
@@ -267,6 +270,7 @@ def test_a_default_run_console_is_quiet_and_says_where_the_run_went(tmp_path):
     assert f"python training/sample.py ckpt_path={run}\n" in console
     assert f"default_root_dir: {run}\n" in console  # the config, uncut in a non-terminal
     assert result.stderr.strip() == "", result.stderr
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
 
 
 def _progress_trainer(global_step: int, done_in_epoch: int, epoch: int, run_steps: int):
@@ -302,6 +306,55 @@ def test_rich_progress_counts_toward_what_the_run_will_do(
     bar._trainer = _progress_trainer(global_step, done, epoch, run_steps)
     assert bar.total_train_batches == total
     assert bar._get_train_description(epoch).strip() == f"Epoch {epoch}/{last_epoch}"
+
+
+def test_log_lines_print_above_the_rich_bar(tmp_path):
+    """On a terminal, a log line written while the bar is shown goes through the bar's console
+    (Rich prints it above the bar) instead of into the bar; afterwards the handler writes where
+    it wrote before."""
+    import io
+    import logging
+
+    import lightning as L
+    import rich
+    from lightning.pytorch.demos.boring_classes import BoringModel
+    from rich.file_proxy import FileProxy
+
+    from llm_scratch.train.callbacks import RunRichProgressBar
+
+    screen = io.StringIO()
+    handler = logging.StreamHandler(sys.stdout)
+    original = handler.stream
+    log = logging.getLogger("tests.above_the_bar")
+    log.addHandler(handler)
+    seen = []
+
+    class LogEachBatch(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append(type(handler.stream))
+            log.warning("message at batch %d", batch_idx)
+
+    bar = RunRichProgressBar(console_kwargs={"force_terminal": True, "file": screen})
+    trainer = L.Trainer(
+        max_steps=3,
+        callbacks=[bar, LogEachBatch()],
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+    )
+    try:
+        trainer.fit(BoringModel())
+    finally:
+        log.removeHandler(handler)
+        rich.reconfigure()  # the bar reconfigured Rich's global console
+    assert seen == [FileProxy] * 3
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue())  # Rich's cursor moves
+    lines = [line.strip() for line in text.splitlines() if "message at batch" in line]
+    assert lines == [f"message at batch {i}" for i in range(3)]
+    assert handler.stream is original
 
 
 def test_progress_lines_count_steps_toward_max_steps(tmp_path):

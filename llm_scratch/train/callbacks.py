@@ -15,7 +15,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import Checkpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
@@ -331,11 +331,49 @@ class RunRichProgressBar(RichProgressBar):
     def total_train_batches(self) -> int | float:
         return self._batches()[0]
 
+    def _init_progress(self, trainer: L.Trainer) -> None:
+        streams = sys.stdout, sys.stderr
+        super()._init_progress(trainer)
+        self._log_lines_above_the_bar(streams)
+
+    def _stop_progress(self) -> None:
+        for handler, stream in getattr(self, "_rerouted", []):
+            handler.setStream(stream)
+        self._rerouted = []
+        super()._stop_progress()
+
+    def _log_lines_above_the_bar(self, streams: tuple) -> None:
+        """Rich's live bar replaces sys.stdout and sys.stderr with proxies that print above it,
+        but logging's stream handlers keep the streams they were made with and wrote into the
+        bar: point them at the proxies while the bar is shown."""
+        if getattr(self, "_rerouted", []):
+            return
+        proxies = {id(streams[0]): sys.stdout, id(streams[1]): sys.stderr}
+        proxies.update({id(sys.__stdout__): sys.stdout, id(sys.__stderr__): sys.stderr})
+        self._rerouted = []
+        for handler in _stream_handlers():
+            proxy = proxies.get(id(handler.stream))
+            if proxy is not None and proxy is not handler.stream:
+                self._rerouted.append((handler, handler.setStream(proxy)))
+
     def _get_train_description(self, current_epoch: int) -> str:
         description = f"Epoch {current_epoch}/{self._batches()[1]}"
         if len(self.validation_description) > len(description):  # as Lightning's: no flicker
             description = f"{description:{len(self.validation_description)}}"
         return description
+
+
+def _stream_handlers() -> list[logging.StreamHandler]:
+    """The console handlers of every logger (files excluded), each once."""
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    handlers = (h for lg in loggers if isinstance(lg, logging.Logger) for h in lg.handlers)
+    found: dict[int, logging.StreamHandler] = {}
+    for handler in handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(
+            handler, logging.FileHandler
+        ):
+            found.setdefault(id(handler), handler)
+    return list(found.values())
 
 
 class FiniteLossGuard(L.Callback):
@@ -441,8 +479,54 @@ class SigtermCheckpoint(L.Callback):
         if self.saved_step is not None or trainer.sanity_checking:
             return
         log.info("SIGTERM received: saving %s at step %d", self.path, trainer.global_step)
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # (None: an info line says so)
         self.saved_step = trainer.global_step
+
+
+class FinalCheckpoint(Checkpoint):
+    """Save ``last.ckpt`` where training ends, unless it already holds that step.
+
+    Lightning 2.6's ModelCheckpoint saves ``last.ckpt`` at validations and every
+    ``every_n_train_steps``, and at an epoch's end only when validation runs once per epoch: a
+    run that validates every N steps (``trainer.val_check_interval=N``) and stops between two
+    validations kept the older step, so continuing it trained the steps after it again. Saved
+    in the hook where Lightning saves its epoch-end checkpoints (after the module's), a state it
+    resumes from exactly.
+    """
+
+    def __init__(self, dirpath: str, filename: str = "last.ckpt") -> None:
+        self.path = Path(dirpath) / filename
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.fast_dev_run or not _training_ends_here(trainer):
+            return
+        # decided on the main process (the file may be there only), and saved by every process
+        if trainer.strategy.broadcast(_saved_step(self.path) != trainer.global_step, src=0):
+            trainer.save_checkpoint(self.path, weights_only=False)  # (None: an info line says so)
+
+
+def _training_ends_here(trainer: L.Trainer) -> bool:
+    """Whether the fit loop stops after this epoch: max_steps reached, the last epoch, or a
+    callback's request."""
+    max_steps, max_epochs = trainer.max_steps, trainer.max_epochs
+    return (
+        trainer.should_stop
+        or (max_steps is not None and max_steps >= 0 and trainer.global_step >= max_steps)
+        or (max_epochs is not None and max_epochs >= 0 and trainer.current_epoch + 1 >= max_epochs)
+    )
+
+
+def _saved_step(path: Path) -> int | None:
+    """The global step of the checkpoint file at ``path``; None if there is none (or it is a
+    sharded checkpoint's folder)."""
+    if not path.is_file():
+        return None
+    try:
+        return int(
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+        )
+    except Exception:  # damaged, or not one of ours: save anew
+        return None
 
 
 class NoValidationWarning(L.Callback):
