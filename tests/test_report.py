@@ -19,7 +19,7 @@ from scipy import stats as scipy_stats
 from llm_scratch.errors import UserError
 from llm_scratch.report import collect_jobs, compare, group_jobs
 from llm_scratch.report.stats import describe, welch
-from tests.helpers import FAST, REPO, run_cli
+from tests.helpers import FAST, REPO, compose_config, run_cli
 
 # ----------------------------------------------------------------------------- hand-made sweeps
 
@@ -418,6 +418,41 @@ def test_a_single_run_directory_gives_a_run_report(tmp_path):
     assert "sweep" not in text.lower() and "## Comparisons" not in text
     data = json.loads((run / "report.json").read_text())
     assert data["groups"][0]["seeds"] == [7] and data["comparisons"] == []
+
+
+def test_a_continued_run_is_reported_whole(tmp_path):
+    """A run stopped at step 6 and continued to 12 in a new directory (ckpt_path=), continued
+    again to 15: the last one's report draws the whole run, the curves of a run never stopped."""
+    from llm_scratch.train.job import train
+
+    common = [
+        *FAST,
+        "data.tokenizer=char",
+        "data.context_length=32",
+        "data.stride=null",
+        "data.batch_size=64",
+        "scheduler.name=constant",
+        "trainer.val_check_interval=4",
+        "trainer.limit_val_batches=2",
+        "callbacks.text_sampler=null",
+    ]
+
+    def run(name: str, max_steps: int, ckpt: str | None = None) -> Path:
+        extra = [f"ckpt_path={tmp_path / ckpt}"] if ckpt else []
+        train(compose_config([*common, f"trainer.max_steps={max_steps}", *extra], tmp_path / name))
+        return tmp_path / name
+
+    whole = collect_jobs(run("whole", 15))[0][0]
+    run("first", 6)
+    run("second", 12, "first")
+    (job,), _ = collect_jobs(run("third", 15, "second/checkpoints/last.ckpt"))
+    assert job.continued_from == [(tmp_path / "first", 6), (tmp_path / "second", 12)]
+    assert [step for step, _ in job.train_curve] == list(range(1, 16))
+    assert job.train_curve == whole.train_curve
+    assert [step for step, _ in job.val_curve] == [4, 8, 12]
+    assert job.val_curve == whole.val_curve
+    text, _ = report(tmp_path / "third")
+    assert f"`{tmp_path / 'first'}` (to step 6) → `{tmp_path / 'second'}` (to step 12)" in text
 
 
 def test_the_report_loads_no_lightning(tmp_path):

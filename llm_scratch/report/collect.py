@@ -71,6 +71,9 @@ class JobResult:
     # False for a job that failed before Hydra wrote its .hydra/ (only its job_output.log is
     # left): its overrides, so its group, are unknown
     overrides_known: bool = True
+    # the runs this one continued (ckpt_path= in a new directory), oldest first, each with the
+    # step its successor started from: the curves above begin with theirs
+    continued_from: list[tuple[Path, int]] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:
@@ -214,16 +217,54 @@ def _read_job(job_dir: Path) -> JobResult:
     overrides = _read_overrides(job_dir)
     train, val = _read_curves(job_dir / "metrics.csv")
     summary = read_summary(job_dir)
+    earlier = _earlier_runs(job_dir, summary)
+    for run_dir, step in reversed(earlier):  # the whole run's curve: its predecessors' first
+        before_train, before_val = _read_curves(run_dir / "metrics.csv")
+        train = [point for point in before_train if point[0] <= step] + train
+        val = [point for point in before_val if point[0] <= step] + val
     return JobResult(
         path=job_dir,
         overrides=overrides,
         train_curve=train,
         val_curve=val,
+        continued_from=earlier,
         summary=summary,
         sample=_read_last_sample(job_dir / "samples.jsonl"),
         last_output_line=None if summary else _read_last_output_line(job_dir),
         seed=_seed(job_dir, overrides),
     )
+
+
+def _earlier_runs(job_dir: Path, summary: dict) -> list[tuple[Path, int]]:
+    """The chain of runs ``job_dir`` continues, from its summary's ``continued_from`` back to a
+    run that started afresh, oldest first, each with the step its successor started from. A
+    predecessor that is gone (or wrote no summary) ends the chain there, with a warning."""
+    chain: list[tuple[Path, int]] = []
+    link, successor = summary.get("continued_from"), job_dir
+    while isinstance(link, dict) and isinstance(link.get("global_step"), int):
+        checkpoint = Path(str(link.get("checkpoint")))
+        run_dir = checkpoint.parent
+        if run_dir.name == "checkpoints":
+            run_dir = run_dir.parent
+        if run_dir == job_dir or any(run_dir == earlier for earlier, _ in chain):
+            break  # a loop (a hand-edited summary): each run's curve once
+        if not (run_dir / "metrics.csv").is_file():
+            log.warning(
+                "warning: %s continued the run in %s, which has no metrics.csv now: its curves "
+                "start at step %d",
+                successor,
+                run_dir,
+                link["global_step"],
+            )
+            break
+        chain.insert(0, (run_dir, link["global_step"]))
+        try:
+            link = read_summary(run_dir).get("continued_from")
+        except UserError as error:
+            log.warning("warning: %s; the curves start with that run's", error)
+            break
+        successor = run_dir
+    return chain
 
 
 def _shared(jobs: list[JobResult]) -> set[str]:

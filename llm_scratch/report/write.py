@@ -308,6 +308,23 @@ def write_report(
         ) from error
 
 
+def _continued_section(jobs: list[JobResult]) -> list[str]:
+    """Which runs' curves a continued run's plots and best val loss begin with."""
+    continued = [job for job in jobs if job.continued_from]
+    if not continued:
+        return []
+    lines = [
+        "A continued run (`ckpt_path=` in a new directory) is shown whole: its curves, and its "
+        "best val loss, begin with those of the runs it continued, up to the step it started "
+        "from.",
+        "",
+    ]
+    for job in continued:
+        chain = " → ".join(f"`{run}` (to step {step})" for run, step in job.continued_from)
+        lines.append(f"- `{job.path}`: {chain} → this run")
+    return [*lines, ""]
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
@@ -333,6 +350,7 @@ def _write_report(
             "`report.json`.",
             "",
         ]
+    lines += _continued_section(jobs)
     lines += _unfinished_section(jobs, single_run)
     if not single_run and len(unfinished) < len(jobs):
         lines += _groups_section(groups)

@@ -95,7 +95,18 @@ def _train(
     _check_corpus_exists(datamodule)
     # A continued fine-tuning run takes its weights, and so its architecture, from its own
     # checkpoint: the GPT-2 checkpoint it started from is neither needed nor loaded again.
-    saved = read_checkpoint(ckpt_path, mmap=True).get("hyper_parameters", {}) if ckpt_path else {}
+    checkpoint = read_checkpoint(ckpt_path, mmap=True) if ckpt_path else {}
+    saved = checkpoint.get("hyper_parameters", {})
+    # a run continued in a new directory (ckpt_path=): where its curve up to here is, for the
+    # report (a stopped sweep's job continues in its own directory, its curve in one file)
+    resumed = Path(ckpt_path).resolve() if ckpt_path else None
+    continued_from = (
+        {"checkpoint": str(resumed), "global_step": int(checkpoint["global_step"])}
+        if resumed
+        and "global_step" in checkpoint
+        and not resumed.is_relative_to(output_dir.resolve())
+        else None
+    )
     init_from = cfg.get("init_from") or saved.get("init_from")
     continues_finetune = bool(init_from and saved.get("model"))
     model_config = _model_config(
@@ -156,7 +167,9 @@ def _train(
         finish_loggers(loggers)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v)}
     if trainer.is_global_zero:
-        write_run_summary(output_dir, trainer, module.model.num_params(), started, metrics)
+        write_run_summary(
+            output_dir, trainer, module.model.num_params(), started, metrics, continued_from
+        )
         log.info("%s", next_commands(output_dir.resolve()))
     return metrics
 

@@ -18,7 +18,10 @@ def write_run_summary(
     num_params: int,
     started: float,
     metrics: dict[str, float],
+    continued_from: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """Write and return the run's summary.json; ``continued_from`` (a run continued in a new
+    directory): the checkpoint it started from and that checkpoint's global_step."""
     throughput = next((c for c in trainer.callbacks if isinstance(c, ThroughputLogger)), None)
     memory, memory_kind = peak_memory_mb(trainer.strategy.root_device)
     summary = {
@@ -35,5 +38,7 @@ def write_run_summary(
         "world_size": trainer.world_size,
         "precision": str(trainer.precision),
     }
+    if continued_from is not None:
+        summary["continued_from"] = continued_from
     write_summary(output_dir, summary)
     return summary
