@@ -260,10 +260,15 @@ def test_a_default_run_console_is_quiet_and_says_where_the_run_went(tmp_path):
         "could not find the monitored key",
         "Total FLOPs: 0",
         "`weights_only` was not set",  # the checkpoint saved where the run ends
+        "to estimate number of stepping batches",
+        "Trainer already configured with model summary",
     ):
         assert noise not in console, noise
     assert "ends the run before its first validation" in console  # our own warning stays
-    assert "Total FLOPs: " in console  # a model summary with real numbers
+    # a model summary with real numbers, its rows whole (not a Rich table cut to 80 columns)
+    flops = re.search(r"^(\S+(?: [KMBT])?)\s+Total Flops$", console, re.MULTILINE)
+    assert flops and float(flops.group(1).split()[0]) > 0, console[-3000:]
+    assert "[[1, 256, 50257], '?']" in console
     # the run directory in full (not cut at 80 columns), at the start and with commands at the end
     assert f"Run directory: {run}\n" in console
     assert f"Run finished: {run}\n" in console

@@ -15,7 +15,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Checkpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import Checkpoint, ModelSummary, ProgressBar, RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
@@ -572,9 +572,18 @@ def steps_to_first_validation(trainer: L.Trainer) -> int | None:
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    """The callbacks of ``cfg.callbacks``, a progress bar (Rich on a terminal, plain lines
-    otherwise) unless one is configured or disabled, and :class:`NoValidationWarning`."""
+    """The callbacks of ``cfg.callbacks``, a progress bar and a model summary (Rich on a
+    terminal, plain otherwise) unless one is configured or disabled, and
+    :class:`NoValidationWarning`."""
     callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node]
+    has_summary = any(isinstance(c, ModelSummary) for c in callbacks)
+    if (
+        not has_summary
+        and cfg.trainer.get("enable_model_summary", True)
+        and not sys.stdout.isatty()
+    ):
+        # Lightning's default, a Rich table, is cut to 80 columns in a file: the plain one is not
+        callbacks.append(ModelSummary())
     has_bar = any(isinstance(c, L.pytorch.callbacks.ProgressBar) for c in callbacks)
     if not has_bar and cfg.trainer.get("enable_progress_bar", True):
         if sys.stdout.isatty():

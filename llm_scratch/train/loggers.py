@@ -28,8 +28,18 @@ def route_lightning_logs() -> None:
 
 
 # Lightning's lines that say nothing about the run (checked by the start of the message): its
-# advertisement for LitLogger, and which accelerators exist (the config says which one is used).
-_NOISE_PREFIXES = ("💡 Tip:", "GPU available:", "TPU available:", "HPU available:")
+# advertisement for LitLogger, which accelerators exist (the config says which one is used), that
+# it reads the training data early to count the schedule's steps, and that it leaves out its
+# Rich model summary when the plain one is given (train/callbacks.py, build_callbacks, for
+# output that is not a terminal).
+_NOISE_PREFIXES = (
+    "💡 Tip:",
+    "GPU available:",
+    "TPU available:",
+    "HPU available:",
+    "Loading `train_dataloader` to estimate number of stepping batches",
+    "Trainer already configured with model summary callbacks",
+)
 # Lightning's warnings that are known noise here, by message and module (never all warnings):
 _NOISE_WARNINGS = (
     # lightning 2.6 on torch 2.13: Lightning's own tree flattening, nothing the user can change
