@@ -65,6 +65,8 @@ def test_a_validation_carries_one_step_number_in_every_output(tmp_path):
     assert [int(r["step"]) for r in rows if r["val/loss"]] == [5, 10]
     assert [int(r["step"]) for r in rows if r["train/loss"]] == list(range(1, 11))
     assert {r["epoch"] for r in rows} == {"0"}
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["global_step"] == 10 and not {"step", "epoch"} & set(summary["metrics"])
     events = EventAccumulator(str(next((run / "tensorboard").rglob("events.out.tfevents.*"))))
     events.Reload()
     assert [e.step for e in events.Scalars("val/loss")] == [5, 10]

@@ -165,7 +165,12 @@ def _train(
                 trainer.validate(module, datamodule=datamodule)
     finally:
         finish_loggers(loggers)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v)}
+    # (the module's "step" and "epoch" only place the loggers' rows: summary.json has both)
+    metrics = {
+        k: float(v)
+        for k, v in trainer.callback_metrics.items()
+        if torch.is_tensor(v) and k not in ("step", "epoch")
+    }
     if trainer.is_global_zero:
         write_run_summary(
             output_dir, trainer, module.model.num_params(), started, metrics, continued_from
