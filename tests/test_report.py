@@ -18,7 +18,7 @@ from scipy import stats as scipy_stats
 
 from llm_scratch.errors import UserError
 from llm_scratch.report import collect_jobs, compare, group_jobs
-from llm_scratch.report.stats import describe, welch
+from llm_scratch.report.stats import describe, paired, welch
 from tests.helpers import FAST, REPO, compose_config, run_cli
 
 # ----------------------------------------------------------------------------- hand-made sweeps
@@ -234,7 +234,7 @@ def test_groups_ignore_the_seed_and_report_json_has_the_documented_shape(tmp_pat
 
 
 def test_a_2x2_grid_compares_main_effects_pooled_over_the_other_factor(tmp_path):
-    # pre_norm shifts the loss by -1.0; warmup does nothing beyond the seed noise
+    # pre_norm shifts the loss by -1.0; warm-up by +0.02, less than the seeds' noise
     noise = {1: 0.05, 2: -0.03}
     jobs = []
     for pre, pre_effect in (("True", -1.0), ("False", 0.0)):
@@ -267,8 +267,66 @@ def test_a_2x2_grid_compares_main_effects_pooled_over_the_other_factor(tmp_path)
     warm = by_factor["scheduler.warmup_fraction"]
     assert (warm["a"], warm["b"]) == (0.1, 0.0)
     assert warm["diff"] == pytest.approx(0.02)
-    assert warm["verdict"].endswith("not distinguishable from seed noise")
+    # Welch's test counts the seeds' noise; seed by seed it cancels: each seed gains 0.02
+    assert "not distinguishable from seed noise; but the jobs share seeds" in warm["verdict"]
+    assert warm["verdict"].endswith("larger than seed noise")
     assert "main effect" in text
+
+
+def textbook_paired(a: list[float], b: list[float]) -> tuple[float, tuple[float, float], float]:
+    d = np.asarray(a) - np.asarray(b)
+    mean, se, df = d.mean(), d.std(ddof=1) / math.sqrt(len(d)), len(d) - 1
+    q = scipy_stats.t.isf(0.025, df)
+    return mean, (mean - q * se, mean + q * se), 2 * scipy_stats.t.sf(abs(mean) / se, df)
+
+
+def test_jobs_that_share_seeds_are_also_compared_seed_by_seed(tmp_path):
+    # post-norm sits on a plateau whatever the seed; pre-norm's gain depends on the seed (the
+    # grid's pattern). Pooled, Welch's test counts 6 jobs a side and finds the gain; seed by
+    # seed there are 3 pairs, and the gain is not shown.
+    pre_by_seed = {1: 3.2, 2: 5.0, 3: 5.8}
+    jobs = []
+    for pre in ("True", "False"):
+        for warm, warm_noise in (("0.0", {}), ("0.1", {1: 0.05, 2: -0.04, 3: 0.01})):
+            for seed in (1, 2, 3):
+                value = pre_by_seed[seed] if pre == "True" else 6.05 + seed / 1000
+                value += warm_noise.get(seed, 0.0)
+                overrides = [f"model.pre_norm={pre}", f"scheduler.warmup_fraction={warm}"]
+                jobs.append(([*overrides, f"seed={seed}"], value))
+    _, data = report(make_sweep(tmp_path, jobs))
+    by_factor = {c["factor"]: c for c in data["comparisons"] if c["metric"] == "val/loss"}
+    pre = by_factor["model.pre_norm"]
+
+    def mean_at(level: str, seed: int) -> float:
+        values = [v for o, v in jobs if f"model.pre_norm={level}" in o and f"seed={seed}" in o]
+        return sum(values) / len(values)
+
+    after = [mean_at("False", seed) for seed in (1, 2, 3)]
+    before = [mean_at("True", seed) for seed in (1, 2, 3)]
+    diff, ci, p = textbook_paired(after, before)
+    pair = pre["paired_by_seed"]
+    assert pair["seeds"] == [1, 2, 3]
+    assert pair["diff"] == pytest.approx(diff) and pair["ci95"] == pytest.approx(list(ci))
+    assert pair["p_value"] == pytest.approx(p) and p > 0.05
+    assert pre["p_value"] < 0.05  # Welch, over 6 jobs a side
+    assert pre["verdict"].startswith("pre_norm=False raises val/loss by")
+    assert "but the jobs share seeds, and seed by seed (3 seeds)" in pre["verdict"]
+    assert pre["verdict"].endswith("not distinguishable from seed noise")
+    # where the two agree, the verdict is Welch's alone
+    warm = by_factor["scheduler.warmup_fraction"]
+    assert warm["paired_by_seed"]["seeds"] == [1, 2, 3] and "seed by seed" not in warm["verdict"]
+
+
+def test_paired_matches_the_textbook_and_needs_two_pairs_with_spread():
+    a, b = [3.1, 5.2, 5.9, 4.4], [6.0, 6.1, 6.05, 6.2]
+    diff, ci, p = textbook_paired(a, b)
+    got = paired(a, b)
+    assert got.diff == pytest.approx(diff) and got.ci95 == pytest.approx(ci)
+    assert got.p_value == pytest.approx(p) and got.df == 3
+    assert paired([1.0], [2.0]).ci95 is None  # one pair: no interval
+    assert paired([1.0, 2.0], [0.5, 1.5]).ci95 is None  # the same difference: no spread
+    with pytest.raises(ValueError, match="as many on each side"):
+        paired([1.0, 2.0], [1.0])
 
 
 def test_a_factor_with_three_levels_is_compared_with_its_first_listed_level(tmp_path):

@@ -6,6 +6,12 @@ the sweep lists them (the order of the jobs). The unit of every statistic is one
 value (one seed of one setting). A comparison of two levels of a factor pools the values of all
 finished jobs at each level over the levels of the other factors: in a factorial grid that is
 the factor's main effect, and the other factors' effects widen its interval like extra noise.
+
+Jobs with the same seed share their data order and, where the settings allow, their initial
+weights, so the jobs of one seed are alike: pooled over other factors they are not independent
+draws, and Welch's test, which takes them as such, is then too sure. Where both levels ran the
+same seeds, a comparison is also made seed by seed (each seed's mean at each level, paired):
+the unit is then one seed, and that is the test to go by.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llm_scratch.report.collect import BEST_VAL_LOSS, JobResult, parse_value
-from llm_scratch.report.stats import Description, describe, welch
+from llm_scratch.report.stats import Description, Difference, describe, paired, welch
 
 # The figures every group and comparison reports, named as in summary.json's "metrics".
 METRICS: dict[str, str] = {
@@ -74,6 +80,10 @@ class Comparison:
     p_value: float | None = None
     df: float | None = None
     missing: str | None = None  # why ci95 / p_value (or diff) are not computable
+    # seed by seed, where both levels ran at least 2 of the same seeds (None otherwise): each
+    # seed's mean at level a minus its mean at level b
+    paired: Difference | None = None
+    paired_seeds: list[Any] = field(default_factory=list)
     verdict: str = field(default="", repr=False)
 
 
@@ -141,12 +151,26 @@ def _level_values(groups: list[Group], factor: str, level: str, metric: str) -> 
     return [v for g in at_level for v in g.values(metric) if v is not None]
 
 
+def _seed_means(groups: list[Group], factor: str, level: str, metric: str) -> dict[Any, float]:
+    """Each seed's mean value at this level, over the other factors' levels."""
+    by_seed: dict[Any, list[float]] = {}
+    for group in groups:
+        if group.setting.get(factor, NOT_SET) == level:
+            for seed, value in zip(group.seeds, group.values(metric), strict=True):
+                if seed is not None and value is not None:
+                    by_seed.setdefault(seed, []).append(value)
+    return {seed: math.fsum(values) / len(values) for seed, values in by_seed.items()}
+
+
 def _compare(
     groups: list[Group], metric: str, factor: str, name: str, a: str, b: str
 ) -> Comparison:
     values_a = _level_values(groups, factor, a, metric)
     values_b = _level_values(groups, factor, b, metric)
     difference = welch(values_a, values_b)
+    means_a = _seed_means(groups, factor, a, metric)
+    means_b = _seed_means(groups, factor, b, metric)
+    shared = [seed for seed in means_a if seed in means_b]
     comparison = Comparison(
         metric=metric,
         factor=factor,
@@ -163,6 +187,9 @@ def _compare(
         p_value=difference.p_value,
         df=difference.df,
     )
+    if len(shared) >= 2:
+        comparison.paired_seeds = shared
+        comparison.paired = paired([means_a[s] for s in shared], [means_b[s] for s in shared])
     comparison.missing = _why_missing(comparison, values_a, values_b)
     comparison.verdict = verdict(comparison)
     return comparison
@@ -217,13 +244,30 @@ def verdict(c: Comparison) -> str:
     if lo <= 0 <= hi:
         return (
             f"{a} vs {b}: {c.metric} differs by {c.diff:+.{d}f} (95% CI {lo:+.{d}f} to "
-            f"{hi:+.{d}f}, {stats}): not distinguishable from seed noise"
+            f"{hi:+.{d}f}, {stats}): not distinguishable from seed noise" + _paired_clause(c, d)
         )
     # the interval of the change in the direction the sentence states
     direction, lo, hi = ("lowers", -hi, -lo) if c.diff < 0 else ("raises", lo, hi)
     return (
         f"{a} {direction} {c.metric} by {abs(c.diff):.{d}f} compared with {b} "
-        f"(95% CI {lo:.{d}f} to {hi:.{d}f}, {stats})"
+        f"(95% CI {lo:.{d}f} to {hi:.{d}f}, {stats})" + _paired_clause(c, d)
+    )
+
+
+def _paired_clause(c: Comparison, d: int) -> str:
+    """The seed-by-seed comparison, where its verdict differs from Welch's (it is the one to
+    go by: see the module's docstring); nothing where they agree."""
+    pair = c.paired
+    if pair is None or pair.ci95 is None or c.ci95 is None:
+        return ""
+    lo, hi = pair.ci95
+    pair_noise, welch_noise = lo <= 0 <= hi, c.ci95[0] <= 0 <= c.ci95[1]
+    if pair_noise == welch_noise:
+        return ""
+    return (
+        f"; but the jobs share seeds, and seed by seed ({len(c.paired_seeds)} seeds) it is "
+        f"{pair.diff:+.{d}f} (95% CI {lo:+.{d}f} to {hi:+.{d}f}, {format_p(pair.p_value)}): "
+        + ("not distinguishable from seed noise" if pair_noise else "larger than seed noise")
     )
 
 
@@ -276,6 +320,14 @@ def report_data(
             "n_b": c.n_b,
             "df": c.df,
             "pooled_over_other_factors": c.groups_per_level > 1,
+            "paired_by_seed": None
+            if c.paired is None
+            else {
+                "seeds": c.paired_seeds,
+                "diff": c.paired.diff,
+                "ci95": _interval(c.paired.ci95),
+                "p_value": c.paired.p_value,
+            },
             "missing": c.missing,
             "verdict": c.verdict,
         }

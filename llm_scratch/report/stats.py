@@ -2,14 +2,17 @@
 
 One setting's values (one per seed): mean, sample standard deviation and the Student's t
 confidence interval of the mean. Two settings: the difference of their means with Welch's
-interval and Welch's two-sided t-test, which do not assume the two settings are equally noisy.
+interval and Welch's two-sided t-test, which do not assume the two settings are equally noisy;
+and, where both were run with the same seeds, the paired difference (seed by seed).
 scipy supplies the t distribution; nothing here is a hand-written quantile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from scipy import stats as scipy_stats
@@ -40,6 +43,18 @@ class Difference:
     ci95: tuple[float, float] | None
     df: float | None
     p_value: float | None
+
+
+@contextlib.contextmanager
+def _quiet_near_ties() -> Iterator[None]:
+    """scipy warns ("Precision loss occurred in moment calculation") when values are nearly
+    equal, as runs on the same plateau are; the p-value is still the t distribution's, and an
+    exact tie never gets here (no spread: no test)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="Precision loss occurred", category=RuntimeWarning
+        )
+        yield
 
 
 def _all_finite(values: Sequence[float]) -> bool:
@@ -88,5 +103,23 @@ def welch(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE
         return Difference(n_a, n_b, diff, None, None, None)
     df = (se2_a + se2_b) ** 2 / (se2_a**2 / (n_a - 1) + se2_b**2 / (n_b - 1))
     half_width = scipy_stats.t.ppf((1 + confidence) / 2, df) * se
-    p_value = float(scipy_stats.ttest_ind(a, b, equal_var=False).pvalue)
+    with _quiet_near_ties():
+        p_value = float(scipy_stats.ttest_ind(a, b, equal_var=False).pvalue)
     return Difference(n_a, n_b, diff, (diff - half_width, diff + half_width), df, p_value)
+
+
+def paired(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE) -> Difference:
+    """The mean of ``a[i] - b[i]`` over pairs (one seed's value at each of two settings), its
+    ``confidence`` interval from Student's t with n - 1 degrees of freedom, and the paired
+    two-sided t-test's p-value (``scipy.stats.ttest_rel``, the same distribution, so p < 1 -
+    confidence exactly when the interval excludes 0). ``None`` where it cannot be computed:
+    fewer than 2 pairs, a value that is not finite, or differences that are all the same."""
+    if len(a) != len(b):
+        raise ValueError(f"paired values need as many on each side, got {len(a)} and {len(b)}")
+    n = len(a)
+    differences = describe([x - y for x, y in zip(a, b, strict=True)], confidence)
+    if differences.ci95 is None or not differences.std:
+        return Difference(n, n, differences.mean, None, None, None)
+    with _quiet_near_ties():
+        p_value = float(scipy_stats.ttest_rel(a, b).pvalue)
+    return Difference(n, n, differences.mean, differences.ci95, n - 1, p_value)

@@ -249,6 +249,14 @@ def _comparisons_section(groups: list[Group], comparisons: list[Comparison]) -> 
         "difference is not distinguishable from seed noise. An interval needs at least 2 "
         "values on each side.",
         "",
+        "Seed by seed: where both levels ran the same seeds, each seed's mean at a minus its "
+        "mean at b (over the other factors' levels), with Student's t interval of their mean "
+        "and the paired t-test. Jobs of one seed share their data order and, where the "
+        "settings allow, their initial weights, so they are alike and not independent draws: "
+        "Welch's test, which counts every job, is then too sure, and the seed-by-seed "
+        "comparison, whose unit is one seed, is the one to go by. A verdict says so where the "
+        "two disagree.",
+        "",
     ]
     if len(varied) > 1:
         lines += [
@@ -271,18 +279,28 @@ def _comparisons_section(groups: list[Group], comparisons: list[Comparison]) -> 
         lines += [f"- {c.verdict}" for c in of_metric]
         lines += [
             "",
-            "| factor | a | b (baseline) | a − b | 95% CI | p | n a | n b |",
-            "| --- | --- | --- | ---: | --- | ---: | ---: | ---: |",
+            "| factor | a | b (baseline) | a − b | 95% CI | p | n a | n b "
+            "| seed by seed: a − b | 95% CI | p | seeds |",
+            "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
         ]
         for c in of_metric:
-            p_cell = format_p(c.p_value)[2:].removeprefix("= ") if c.p_value is not None else "–"
-            diff_cell = f"{c.diff:+.3f}" if c.diff is not None else "–"
+            pair = c.paired
             lines.append(
-                f"| {c.factor_name} | {c.a} | {c.b} | {diff_cell} | {_interval_cell(c.ci95)} "
-                f"| {p_cell} | {c.n_a} | {c.n_b} |"
+                f"| {c.factor_name} | {c.a} | {c.b} | {_diff_cell(c.diff)} "
+                f"| {_interval_cell(c.ci95)} | {_p_cell(c.p_value)} | {c.n_a} | {c.n_b} "
+                f"| {_diff_cell(pair and pair.diff)} | {_interval_cell(pair and pair.ci95)} "
+                f"| {_p_cell(pair and pair.p_value)} | {len(c.paired_seeds) or '–'} |"
             )
         lines.append("")
     return lines
+
+
+def _diff_cell(diff: float | None) -> str:
+    return f"{diff:+.3f}" if diff is not None else "–"
+
+
+def _p_cell(p: float | None) -> str:
+    return format_p(p)[2:].removeprefix("= ") if p is not None else "–"
 
 
 def write_report(
