@@ -71,16 +71,24 @@ def test_from_hf_crops_the_context_and_keeps_the_architecture(tiny_gpt2_dir):
         GPT.from_hf(tiny_gpt2_dir / "missing")
 
 
+@pytest.mark.parametrize("gelu", ["tanh", "exact"])
 @pytest.mark.parametrize("tie", [True, False])
-def test_save_hf_loads_in_transformers_with_equal_logits(tmp_path, tie):
+def test_save_hf_loads_in_transformers_with_equal_logits(tmp_path, tie, gelu):
     torch.manual_seed(0)
     config = GPTConfig(
-        vocab_size=70, context_length=24, n_layer=2, n_head=4, n_embd=32, tie_weights=tie
+        vocab_size=70,
+        context_length=24,
+        n_layer=2,
+        n_head=4,
+        n_embd=32,
+        tie_weights=tie,
+        gelu=gelu,
     )
     ours = GPT(config).eval()
     ours.save_hf(tmp_path)
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
     assert hf.config.tie_word_embeddings is tie
+    assert hf.config.activation_function == {"tanh": "gelu_new", "exact": "gelu"}[gelu]
     assert (hf.lm_head.weight is hf.transformer.wte.weight) is tie
     idx = torch.randint(0, 70, (3, 24))
     with torch.no_grad():

@@ -5,6 +5,8 @@ from typing import Any
 
 LAYER_INITS = ("fresh", "clone")
 ATTENTIONS = ("fused", "loop")
+# GELU as GPT-2 computes it (its tanh approximation) or exactly, with erf (nanoGPT, nn.GELU())
+GELUS = ("tanh", "exact")
 
 # Named model sizes: GPTConfig.from_name(name), and model=<name> in training (where the vocabulary
 # comes from the tokenizer and the context from the data; llm_scratch/train/config_store.py).
@@ -43,6 +45,7 @@ class GPTConfig:
     layer_init: str = "fresh"  # "fresh": init each block on its own; "clone": deepcopy one block
     attention: str = "fused"  # "fused": one SDPA call for all heads; "loop": per-head Python loop
     tie_weights: bool = True  # share the token embedding with the output head
+    gelu: str = "tanh"  # "tanh": GPT-2's approximation (HF gelu_new); "exact": erf (HF gelu)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "n_layer", "n_head", "n_embd"):
@@ -66,7 +69,11 @@ class GPTConfig:
                 f"GPTConfig.qkv_bias={self.qkv_bias!r} is not a bool: use True, False or None "
                 "(None: the same as bias)"
             )
-        for name, choices in (("layer_init", LAYER_INITS), ("attention", ATTENTIONS)):
+        for name, choices in (
+            ("layer_init", LAYER_INITS),
+            ("attention", ATTENTIONS),
+            ("gelu", GELUS),
+        ):
             value = getattr(self, name)
             if value not in choices:
                 allowed = ", ".join(repr(c) for c in choices)

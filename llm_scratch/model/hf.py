@@ -14,7 +14,8 @@ The parameter names already match (nanoGPT follows GPT-2); two things differ:
 - GPT-2's attention modules may carry non-persistent buffers (the causal mask); they are skipped.
 
 GPT-2 is pre-norm, with biases, GELU in its tanh approximation (``gelu_new``) and LayerNorm
-eps 1e-5, which is exactly our ``GPTConfig(pre_norm=True, bias=True)``; a post-norm GPT, or one
+eps 1e-5, which is exactly our ``GPTConfig(pre_norm=True, bias=True)`` (``gelu="exact"`` is
+``activation_function="gelu"``, both ways); a post-norm GPT, or one
 without biases (``bias=False``, or only on q/k/v: ``qkv_bias=False``) has no GPT-2 equivalent
 and is refused with a ``ValueError``.
 """
@@ -39,6 +40,9 @@ CONV1D_SUFFIXES = (
 )
 # What a GPT built from a checkpoint may choose for itself; everything else is the checkpoint's.
 FREE_FIELDS = ("dropout", "attention", "layer_init", "context_length")
+# GPT2Config.activation_function for each GPTConfig.gelu; GPT-2's own is gelu_new
+HF_ACTIVATIONS = {"tanh": "gelu_new", "exact": "gelu"}
+_GELU_OF_HF = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "exact"}
 GPT2_EOS_ID = 50256
 
 
@@ -101,9 +105,9 @@ def gpt_config_from_hf(hf_config: Any, **overrides: Any) -> GPTConfig:
     c = hf_config
     checks = [
         (
-            c.activation_function in ("gelu_new", "gelu_pytorch_tanh"),
+            c.activation_function in _GELU_OF_HF,
             "activation_function",
-            "gelu_new",
+            " or ".join(_GELU_OF_HF),
         ),
         (abs(c.layer_norm_epsilon - 1e-5) < 1e-12, "layer_norm_epsilon", "1e-05"),
         (c.n_inner in (None, 4 * c.n_embd), "n_inner", f"None or {4 * c.n_embd}"),
@@ -133,6 +137,7 @@ def gpt_config_from_hf(hf_config: Any, **overrides: Any) -> GPTConfig:
         bias=True,
         pre_norm=True,
         tie_weights=bool(getattr(c, "tie_word_embeddings", True)),
+        gelu=_GELU_OF_HF[c.activation_function],
         **overrides,
     )
 
@@ -219,6 +224,7 @@ def hf_config_from_gpt(config: GPTConfig):
         n_embd=config.n_embd,
         dropout=config.dropout,
         tie_weights=config.tie_weights,
+        activation_function=HF_ACTIVATIONS[config.gelu],
     )
 
 
@@ -230,9 +236,11 @@ def gpt2_config(
     n_embd: int,
     dropout: float,
     tie_weights: bool,
+    activation_function: str = "gelu_new",
     **extra: Any,
 ):
-    """A ``transformers.GPT2Config`` in our field names (GPT-2's gelu_new and LayerNorm eps)."""
+    """A ``transformers.GPT2Config`` in our field names (GPT-2's LayerNorm eps; its gelu_new
+    unless ``activation_function`` says otherwise)."""
     transformers = require_transformers()
     # GPT-2's <|endoftext|> exists only in its own 50,257-token vocabulary
     eos = GPT2_EOS_ID if vocab_size > GPT2_EOS_ID else None
@@ -242,7 +250,7 @@ def gpt2_config(
         n_embd=n_embd,
         n_layer=n_layer,
         n_head=n_head,
-        activation_function="gelu_new",
+        activation_function=activation_function,
         resid_pdrop=dropout,
         embd_pdrop=dropout,
         attn_pdrop=dropout,
