@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from llm_scratch.model import GPT, PRESETS, GPTConfig, KVCache
 
@@ -51,6 +52,7 @@ def reference_greedy(model: GPT, idx: torch.Tensor, max_new_tokens: int) -> torc
         (dict(bias="yes"), r"bias='yes' is not a bool"),
         (dict(pre_norm=1), r"pre_norm=1 is not a bool"),
         (dict(qkv_bias="no"), r"qkv_bias='no' is not a bool"),
+        (dict(gelu="erf"), r"gelu='erf'.*'tanh', 'exact'"),
     ],
 )
 def test_config_validation(kwargs, pattern):
@@ -122,6 +124,39 @@ def test_gpt2_untied_count_non_embedding_and_flops():
     assert tied.estimate_mfu(1e5, 312e12) == pytest.approx(tied.flops_per_token() * 1e5 / 312e12)
     with pytest.raises(ValueError, match="peak_flops"):
         tied.estimate_mfu(1e5, 0.0)
+
+
+def test_gelu_is_gpt2s_tanh_approximation_or_exact():
+    """The MLP's activation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) for GPT-2, and
+    x Phi(x) with the normal CDF Phi (erf) for gelu="exact", nanoGPT's nn.GELU()."""
+    x = torch.linspace(-4, 4, 101, dtype=torch.float64)
+    tanh_form = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    exact = x * 0.5 * (1 + torch.erf(x / math.sqrt(2)))
+    for gelu, expected in (("tanh", tanh_form), ("exact", exact)):
+        mlp = tiny_model(gelu=gelu).transformer.h[0].mlp
+        assert torch.allclose(mlp.gelu(x), expected, atol=1e-12), gelu
+    assert (tanh_form - exact).abs().max() > 1e-4  # so the two cases above are distinguishable
+
+
+def test_low_precision_attention_runs_in_float32_on_a_cpu_without_amx(monkeypatch):
+    """sdpa: bfloat16 q, k, v through the float32 kernel (even under autocast, which would cast
+    them back down), the result in bfloat16; with AMX, the bfloat16 kernel itself."""
+    from llm_scratch.model import attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 64, 32, generator=g).bfloat16().requires_grad_() for _ in "qkv")
+    via_fp32 = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
+    bf16_kernel = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert not torch.equal(via_fp32.bfloat16(), bf16_kernel)  # the two paths are distinguishable
+
+    monkeypatch.setattr(attention, "_cpu_has_amx", lambda: False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = attention.sdpa(q, k, v, is_causal=True)
+    assert y.dtype == torch.bfloat16 and torch.equal(y, via_fp32.bfloat16())
+    y.sum().backward()
+    assert q.grad.dtype == torch.bfloat16 and torch.isfinite(q.grad.float()).all()
+    monkeypatch.setattr(attention, "_cpu_has_amx", lambda: True)
+    assert torch.equal(attention.sdpa(q, k, v, is_causal=True), bf16_kernel)
 
 
 def test_post_norm_has_no_final_layernorm():

@@ -94,8 +94,15 @@ def build_adamw(
         # The fused kernel is one launch for all parameters instead of a loop of small ones.
         supported = "fused" in inspect.signature(torch.optim.AdamW).parameters
         fused = supported and device.type in ("cuda", "cpu", "mps", "xpu") and not clips_mixed
+    # Unfused, the multi-tensor (foreach) kernels, which torch uses by default only on GPUs: on
+    # a CPU its default is a Python loop over the parameters.
     return torch.optim.AdamW(
-        param_groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=bool(fused)
+        param_groups,
+        lr=cfg.lr,
+        betas=tuple(cfg.betas),
+        eps=cfg.eps,
+        fused=bool(fused),
+        foreach=None if fused else True,
     )
 
 
