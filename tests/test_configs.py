@@ -22,6 +22,7 @@ WARMUP_AT_1000 = {
     "instruct_cpu": [20],
     "shakespeare_baby": [100],
     "shakespeare_cpu": [50],
+    "nanogpt_cpu": [100],
     "ablation_norm": [0, 100],
     "ablation_norm_cpu": [0, 100],
 }
