@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from llm_scratch.bench import attention, data, generation, overhead, throughput
+from llm_scratch.bench import attention, data, generation, overhead, profile, throughput
 from llm_scratch.bench.__main__ import main
 from llm_scratch.bench.common import measure_matmul_peak, peak_flops
 from llm_scratch.train.job import train
@@ -63,6 +63,17 @@ def test_throughput_through_lightning(shared_data_dir):
     assert result["machine"]["torch"] == torch.__version__
 
 
+def test_profile_records_exactly_the_steady_state_steps(shared_data_dir):
+    result = profile.run(TINY, steps=3, warmup=2, top=10_000, show=False)
+    rows = {r["operator"]: r for r in result["rows"]}
+    # one optimizer step per profiled step, each one fused AdamW kernel per parameter group
+    assert rows["Optimizer.step#AdamW.step"]["calls_per_step"] == 1.0
+    assert rows["aten::_fused_adamw_"]["calls_per_step"] == 2.0
+    assert rows["aten::mm"]["self_ms_per_step"] > 0
+    shares = [r["share"] for r in result["rows"]]
+    assert shares == sorted(shares, reverse=True) and sum(shares) == pytest.approx(1.0)
+
+
 def test_overhead_compares_the_same_work(shared_data_dir):
     result = overhead.run(TINY, steps=3, warmup=1, repeats=1, show=False)
     assert positive(result["bare_tokens_per_sec"]) and positive(result["lightning_tokens_per_sec"])
@@ -111,6 +122,25 @@ def test_generation_cached_and_uncached_give_the_same_tokens():
         assert positive(row["cached_tokens_per_sec"]) and positive(row["uncached_tokens_per_sec"])
 
 
+def test_generation_at_a_given_context_against_hugging_faces_generate():
+    pytest.importorskip("transformers")
+    result = generation.run(
+        model="gpt-nano", vocab_size=50, new_tokens=12, prompt_len=4, batches=(1,),
+        past_context=8, repeats=1, context=40, hf=True,
+    )  # fmt: skip
+    within, past = result["rows"]
+    assert within["context_length"] == 40 and past["context_length"] == 8
+    # the same weights, greedy: Hugging Face's generate picks the same tokens
+    assert within["same_tokens"] and within["same_tokens_as_hf"]
+    assert positive(within["hf_tokens_per_sec"])
+    assert within["speedup_vs_hf"] == pytest.approx(
+        within["cached_tokens_per_sec"] / within["hf_tokens_per_sec"]
+    )
+    assert "hf_tokens_per_sec" not in past  # the peer runs within the context only
+    with pytest.raises(ValueError, match="context=10 is shorter than prompt \\+ new tokens = 16"):
+        generation.run(model="gpt-nano", vocab_size=50, new_tokens=12, prompt_len=4, context=10)
+
+
 def test_data_build_at_both_strides(shared_data_dir):
     result = data.run(scales=(0.02,), tokenizer="char", context=32, batch=4, batches=5)
     one, ctx = result["rows"]
@@ -128,6 +158,17 @@ def test_cli_writes_json(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["benchmark"] == "attention" and len(result["rows"]) == 1
     assert "Attention forward + backward" in capsys.readouterr().out
+
+
+def test_cli_refuses_a_bad_option_in_one_line(tmp_path, capsys):
+    out = tmp_path / "gen.json"
+    assert main(["generation", "--context", "20", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "error: context=20 is shorter than prompt + new tokens = 516: the within-context "
+        "regime needs at least that (the past-context one is --past-context)\n"
+    )
+    assert not out.exists()
 
 
 def test_training_metrics_stay_logged_at_every_logging_step(tmp_path, shared_data_dir):

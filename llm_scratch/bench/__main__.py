@@ -11,6 +11,7 @@ import torch
 
 from llm_scratch.bench import BENCHMARKS
 from llm_scratch.bench.common import RESULTS_DIR, resolve_device, write_json
+from llm_scratch.errors import UserError, report_user_error
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -51,6 +52,12 @@ def parser() -> argparse.ArgumentParser:
                 '"trainer.precision=bf16-mixed"',
             )
 
+    s = add("profile", "where a training step's time goes: torch.profiler, per operator")
+    s.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=nanogpt_cpu")
+    s.add_argument("--steps", type=int, default=10, help="profiled optimizer steps")
+    s.add_argument("--warmup", type=int, default=5, help="unprofiled steps first")
+    s.add_argument("--top", type=int, default=15, help="how many operators to list")
+
     s = add("attention", "loop vs fused attention: forward + backward time, peak memory")
     s.add_argument("--contexts", type=_ints, default=(64, 128, 256, 512, 1024))
     s.add_argument("--heads", type=_ints, default=(2, 4, 8))
@@ -67,6 +74,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--prompt-len", type=int, default=16)
     s.add_argument("--batches", type=_ints, default=(1, 8))
     s.add_argument("--past-context", type=int, default=128, help="0: skip that regime")
+    s.add_argument(
+        "--context", type=int, help="the within-context model's context (default: prompt + new)"
+    )
+    s.add_argument(
+        "--hf", action="store_true", help="also Hugging Face's generate with the same weights"
+    )
     s.add_argument("--repeats", type=int, default=3)
     s.add_argument("--device", default="auto")
 
@@ -93,6 +106,10 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
         from llm_scratch.bench import overhead
 
         return overhead.run(args.overrides, args.steps, args.warmup, args.repeats)
+    if name == "profile":
+        from llm_scratch.bench import profile
+
+        return profile.run(args.overrides, args.steps, args.warmup, args.top)
     if name == "attention":
         from llm_scratch.bench import attention
 
@@ -117,6 +134,8 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
             args.past_context,
             args.repeats,
             resolve_device(args.device),
+            context=args.context,
+            hf=args.hf,
         )
     if name == "data":
         from llm_scratch.bench import data
@@ -136,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
             sub_args = parser().parse_args([name, *_passthrough(name, args)])
         else:
             sub_args = args
-        result = run_one(name, sub_args)
+        try:
+            result = run_one(name, sub_args)
+        except (UserError, ValueError) as error:  # a bad option: one line, no traceback
+            return report_user_error(error if isinstance(error, UserError) else UserError(error))
         if not args.no_save:
             out = args.out if args.name != "all" else None
             if args.name == "all" and args.out:
@@ -146,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _passthrough(name: str, args: argparse.Namespace) -> list[str]:
-    return list(args.overrides) if name in ("throughput", "overhead") else []
+    return list(args.overrides) if name in ("throughput", "overhead", "profile") else []
 
 
 if __name__ == "__main__":

@@ -84,8 +84,11 @@ def _prepare(cfg: DictConfig, steps: int, warmup: int) -> None:
             cfg.data.samples_per_epoch = cfg.data.batch_size * (steps + warmup + 1)
 
 
-def lightning_run(cfg: DictConfig, steps: int, warmup: int) -> dict[str, Any]:
-    """Train through GPTLightningModule + LMDataModule + Trainer; steady-state tokens/s."""
+def lightning_run(
+    cfg: DictConfig, steps: int, warmup: int, extra_callbacks: list[L.Callback] | None = None
+) -> dict[str, Any]:
+    """Train through GPTLightningModule + LMDataModule + Trainer; steady-state tokens/s.
+    ``extra_callbacks`` join the config's own (the profile benchmark's profiler)."""
     from hydra.utils import instantiate
 
     from llm_scratch.train.callbacks import build_callbacks
@@ -106,7 +109,9 @@ def lightning_run(cfg: DictConfig, steps: int, warmup: int) -> dict[str, Any]:
     timer = StepTimer()
     with quiet():
         trainer = instantiate(
-            cfg.trainer, callbacks=[*build_callbacks(cfg), timer], logger=build_loggers(cfg)
+            cfg.trainer,
+            callbacks=[*build_callbacks(cfg), timer, *(extra_callbacks or [])],
+            logger=build_loggers(cfg),
         )
         trainer.fit(module, datamodule=datamodule)
     tokens_per_step = cfg.data.batch_size * cfg.data.context_length
