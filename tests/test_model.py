@@ -440,6 +440,10 @@ def test_generate_restores_mode_and_validates_args():
     idx = torch.zeros(1, 3, dtype=torch.long)
     out = model.generate(idx, 4, temperature=0.0)
     assert out.shape == (1, 7) and model.training
+    # generated under inference_mode, returned as an ordinary tensor: it can train the model
+    assert not out.is_inference()
+    model(out, out)[1].backward()
+    out[0, 0] = 1  # and be written to in place
     model.eval()
     model.generate(idx, 2)
     assert not model.training
