@@ -53,6 +53,7 @@ def reference_greedy(model: GPT, idx: torch.Tensor, max_new_tokens: int) -> torc
         (dict(pre_norm=1), r"pre_norm=1 is not a bool"),
         (dict(qkv_bias="no"), r"qkv_bias='no' is not a bool"),
         (dict(gelu="erf"), r"gelu='erf'.*'tanh', 'exact'"),
+        (dict(weight_init="xavier"), r"weight_init='xavier'.*'gpt2', 'pytorch'"),
     ],
 )
 def test_config_validation(kwargs, pattern):
@@ -595,6 +596,34 @@ def test_gpt2_initialisation_statistics():
             assert torch.equal(p, torch.zeros_like(p)), name
         elif ".ln_" in name or name.startswith("transformer.ln_f"):
             assert torch.equal(p, torch.ones_like(p)), name
+
+
+@pytest.mark.parametrize("layer_init", ["fresh", "clone"])
+def test_pytorch_weight_init_leaves_every_layer_its_own_default(layer_init):
+    """weight_init="pytorch" (the book's GPTModel): embeddings N(0, 1); every Linear weight and
+    bias uniform within +-1/sqrt(fan_in) (std bound/sqrt(3)), the residual projections
+    unscaled; LayerNorms 1 and 0. GPT-2's init draws none of these."""
+    sizes = dict(n_layer=4, n_head=4, n_embd=256, vocab_size=64, context_length=32)
+    model = tiny_model(**sizes, weight_init="pytorch", layer_init=layer_init, tie_weights=False)
+    assert model.transformer.wte.weight.std().item() == pytest.approx(1.0, rel=0.05)
+    assert model.transformer.wpe.weight.std().item() == pytest.approx(1.0, rel=0.05)
+    linears = {"attn.c_attn": 256, "attn.c_proj": 256, "mlp.c_fc": 256, "mlp.c_proj": 1024}
+    for name, fan_in in linears.items():
+        bound = 1 / math.sqrt(fan_in)
+        for block in model.transformer.h:
+            layer = block.get_submodule(name)
+            assert layer.weight.abs().max().item() <= bound
+            assert layer.weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)
+            assert layer.bias.abs().max().item() <= bound and layer.bias.abs().max() > 0
+    head_bound = 1 / math.sqrt(256)
+    assert model.lm_head.weight.std().item() == pytest.approx(head_bound / math.sqrt(3), rel=0.05)
+    for name, p in model.named_parameters():
+        if ".ln_" in name or name.startswith("transformer.ln_f"):
+            expected = 0.0 if name.endswith(".bias") else 1.0
+            assert torch.equal(p, torch.full_like(p, expected)), name
+    blocks = [b.state_dict() for b in model.transformer.h]
+    same = all(torch.equal(blocks[0][k], b[k]) for b in blocks[1:] for k in b)
+    assert same == (layer_init == "clone")
 
 
 # ---------------------------------------------------------------- training

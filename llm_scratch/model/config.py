@@ -7,6 +7,8 @@ LAYER_INITS = ("fresh", "clone")
 ATTENTIONS = ("fused", "loop")
 # GELU as GPT-2 computes it (its tanh approximation) or exactly, with erf (nanoGPT, nn.GELU())
 GELUS = ("tanh", "exact")
+# GPT-2's initialisation, or PyTorch's defaults for every layer (what the book's GPTModel leaves)
+WEIGHT_INITS = ("gpt2", "pytorch")
 
 # Named model sizes: GPTConfig.from_name(name), and model=<name> in training (where the vocabulary
 # comes from the tokenizer and the context from the data; llm_scratch/train/config_store.py).
@@ -46,6 +48,9 @@ class GPTConfig:
     attention: str = "fused"  # "fused": one SDPA call for all heads; "loop": per-head Python loop
     tie_weights: bool = True  # share the token embedding with the output head
     gelu: str = "tanh"  # "tanh": GPT-2's approximation (HF gelu_new); "exact": erf (HF gelu)
+    # "gpt2": N(0, 0.02) weights, residual projections scaled by 1/sqrt(2 n_layer); "pytorch":
+    # each layer's own default (embeddings N(0, 1), Linear uniform within 1/sqrt(fan_in))
+    weight_init: str = "gpt2"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "n_layer", "n_head", "n_embd"):
@@ -73,6 +78,7 @@ class GPTConfig:
             ("layer_init", LAYER_INITS),
             ("attention", ATTENTIONS),
             ("gelu", GELUS),
+            ("weight_init", WEIGHT_INITS),
         ):
             value = getattr(self, name)
             if value not in choices:

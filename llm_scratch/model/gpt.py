@@ -85,18 +85,20 @@ def init_block(block: Block, n_layer: int) -> None:
 
 
 def build_blocks(config: GPTConfig) -> list[Block]:
-    """n_layer initialised blocks: each drawn on its own ("fresh"), or copies of one ("clone")."""
+    """n_layer initialised blocks: each drawn on its own ("fresh"), or copies of one ("clone");
+    with GPT-2's initialisation, or as PyTorch's layers initialise themselves."""
+
+    def new_block() -> Block:
+        block = Block(config)
+        if config.weight_init == "gpt2":
+            init_block(block, config.n_layer)
+        return block
+
     if config.layer_init == "clone":
         # torch.nn.TransformerDecoder's way: every layer starts from the same weights
-        block = Block(config)
-        init_block(block, config.n_layer)
+        block = new_block()
         return [copy.deepcopy(block) for _ in range(config.n_layer)]
-    blocks = []
-    for _ in range(config.n_layer):
-        block = Block(config)
-        init_block(block, config.n_layer)
-        blocks.append(block)
-    return blocks
+    return [new_block() for _ in range(config.n_layer)]
 
 
 class GPT(LanguageModel):
@@ -120,8 +122,14 @@ class GPT(LanguageModel):
             # one matrix both embeds tokens and scores them (Press & Wolf 2017, as GPT-2)
             self.lm_head.weight = self.transformer.wte.weight
 
-        # Initialise what is not inside a block. Not self.apply(...): that would redraw the
-        # blocks, and with layer_init="clone" they must stay identical copies.
+        if config.weight_init == "gpt2":
+            self._init_outside_blocks()
+
+    def _init_outside_blocks(self) -> None:
+        """GPT-2's initialisation of the embeddings, the head and the final LayerNorm. Not
+        self.apply(...): that would redraw the blocks, and with layer_init="clone" they must
+        stay identical copies."""
+        config = self.config
         nn.init.normal_(self.transformer.wte.weight, mean=0.0, std=0.02)
         nn.init.normal_(self.transformer.wpe.weight, mean=0.0, std=0.02)
         if not config.tie_weights:
