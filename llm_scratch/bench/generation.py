@@ -54,10 +54,10 @@ def run(
     if past_context:
         contexts.append(("past context", past_context))
     rows = []
-    for regime, context in contexts:
+    for regime, context_length in contexts:
         torch.manual_seed(0)
         config = GPTConfig.from_name(
-            model, vocab_size=vocab_size, context_length=context, dropout=0.0
+            model, vocab_size=vocab_size, context_length=context_length, dropout=0.0
         )
         net = GPT(config).to(device).eval()
         peer = _hf_peer(net) if hf and regime == "within context" else None
@@ -73,7 +73,7 @@ def run(
             speed = {name: produced / median(t) for name, t in times.items()}
             row = {
                 "regime": regime,
-                "context_length": context,
+                "context_length": context_length,
                 "batch": batch,
                 "new_tokens": new_tokens,
                 "prompt_len": prompt_len,
