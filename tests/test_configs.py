@@ -25,6 +25,8 @@ WARMUP_AT_1000 = {
     "nanogpt_cpu": [100],
     "ablation_norm": [0, 100],
     "ablation_norm_cpu": [0, 100],
+    "ablation_lr": [100, 0],
+    "ablation_lr_cpu": [100, 0],
 }
 EXPERIMENTS = option_names("experiment")
 
@@ -57,6 +59,25 @@ def test_every_experiment_keeps_its_warmup(experiment, tmp_path):
 
 def test_norm_ablation_on_a_base_with_warmup_steps_sweeps_the_fraction(tmp_path):
     assert _warmups(["experiment=shakespeare_cpu", "ablation=norm"], tmp_path) == [0, 100]
+
+
+def test_lr_ablation_sweeps_six_peaks_on_one_schedule_whatever_the_base(tmp_path):
+    cfg = compose_config(["experiment=shakespeare_cpu", "ablation=lr"], tmp_path / "run")
+    params = cfg.hydra.sweeper.params
+    assert [float(v) for v in params["optimizer.lr"].split(",")] == [
+        1e-5,
+        3e-5,
+        1e-4,
+        3e-4,
+        1e-3,
+        3e-3,
+    ]
+    # shakespeare_cpu's own min_lr (2e-4, above the lowest peaks) and warm-up steps are overridden
+    base = OmegaConf.to_container(cfg.scheduler, resolve=True)
+    for job in _sweep_jobs(cfg):
+        scheduler = SchedulerConfig(**{**base, **job})
+        assert (scheduler.name, scheduler.min_lr) == ("cosine", 0.0)
+    assert _warmups(["experiment=shakespeare_cpu", "ablation=lr"], tmp_path) == [100, 0]
 
 
 @pytest.mark.parametrize(
@@ -93,6 +114,7 @@ def test_verdict_book_is_the_books_gpt2_without_qkv_bias(tmp_path):
     fields.pop("_target_")
     config = GPTConfig(**{**fields, "vocab_size": 50257})
     assert (config.bias, config.qkv_bias, config.context_length) == (True, False, 256)
+    assert config.weight_init == "pytorch"  # the book's GPTModel initialises nothing itself
     with torch.device("meta"):
         model = GPT(config)
     # rasbt's GPT_CONFIG_124M with qkv_bias=False and context 256 (its separate output head)

@@ -27,7 +27,7 @@ from llm_scratch.model.hf_backend import HFGPT2Config
 from llm_scratch.train.optim import OptimizerConfig, SchedulerConfig
 
 # configs/ablation/<name>.yaml, each run on top of the reference and the CPU-sized study
-ABLATIONS = ("norm", "init", "attention", "tying", "grid")
+ABLATIONS = ("norm", "init", "attention", "tying", "grid", "lr")
 REFERENCE_STUDY, CPU_STUDY = "verdict_book", "verdict_cpu"
 
 # Filled in at run time: the vocabulary from the tokenizer, the context from the data.
