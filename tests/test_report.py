@@ -345,6 +345,36 @@ def test_a_factor_with_three_levels_is_compared_with_its_first_listed_level(tmp_
     assert "compared with the baseline `lr=1e-3`, the first listed" in text
 
 
+def test_a_numeric_factor_of_three_levels_or_more_is_plotted_against(tmp_path):
+    from llm_scratch.report.write import numeric_factors
+
+    lrs, warmups = ("1e-3", "1e-5", "1e-4"), ("0.1", "0.0")
+    sweep = make_sweep(
+        tmp_path,
+        [
+            ([f"optimizer.lr={lr}", f"scheduler.warmup_fraction={w}", f"seed={s}"], 3 + i + s / 10)
+            for i, lr in enumerate(lrs)
+            for w in warmups
+            for s in (1, 2)
+        ],
+    )
+    text, _ = report(sweep)
+    # lr has three numeric levels (sorted); the warm-up's two make a line each, not an axis
+    assert numeric_factors(group_jobs(collect_jobs(sweep)[0])) == {
+        "optimizer.lr": [1e-5, 1e-4, 1e-3]
+    }
+    for file in ("lr_val_loss.png", "lr_train_epoch_loss.png"):
+        assert f"]({file})" in text
+        assert (sweep / file).read_bytes().startswith(b"\x89PNG")
+    assert text.index("## Against the numeric factors") < text.index("## Comparisons")
+    two_levels = make_sweep(
+        tmp_path / "two", [(["optimizer.lr=1e-3"], 3.0), (["optimizer.lr=1e-4"], 4.0)]
+    )
+    text, _ = report(two_levels)
+    assert "## Against the numeric factors" not in text
+    assert not list(two_levels.glob("lr_*.png"))
+
+
 def test_a_group_of_one_shows_its_value_and_says_why_there_is_no_interval(tmp_path):
     sweep = make_sweep(
         tmp_path,

@@ -14,7 +14,7 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
 from llm_scratch.errors import UserError  # noqa: E402
-from llm_scratch.report.collect import BEST_VAL_LOSS, JobResult  # noqa: E402
+from llm_scratch.report.collect import BEST_VAL_LOSS, JobResult, parse_value  # noqa: E402
 from llm_scratch.report.groups import (  # noqa: E402
     METRICS,
     Comparison,
@@ -118,6 +118,90 @@ def plot_curves(
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
     return True
+
+
+def numeric_factors(groups: list[Group]) -> dict[str, list[float]]:
+    """The factors with at least 3 levels, every one a number (``optimizer.lr``): a metric's
+    response to them is a curve worth drawing. Levels sorted."""
+    result = {}
+    for key, levels in factors(groups).items():
+        values = [parse_value(level) for level in levels]
+        numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+        if len(levels) >= 3 and len(numbers) == len(levels):
+            result[key] = sorted(numbers)
+    return result
+
+
+def plot_response(groups: list[Group], factor: str, metric: str, name: str, path: Path) -> bool:
+    """One PNG of ``metric`` against the numeric ``factor``: per combination of the other
+    factors' levels, each group's mean with its 95% CI as an error bar, each seed as a dot; a
+    log axis where the levels span a decade or more. False if no group has the metric."""
+    others = [key for key in factors(groups) if key != factor]
+    lines: dict[str, list[tuple[float, Group]]] = {}
+    for group in groups:
+        if group.describe(metric).n == 0:
+            continue
+        label = ", ".join(
+            f"{key.rsplit('.', 1)[-1]}={group.setting.get(key, '')}" for key in others
+        )
+        lines.setdefault(label, []).append((float(parse_value(group.setting[factor])), group))
+    if not lines:
+        return False
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    for label, points in lines.items():
+        points.sort(key=lambda point: point[0])
+        xs = [x for x, _ in points]
+        stats = [group.describe(metric) for _, group in points]
+        means = [s.mean for s in stats]
+        below = [s.mean - s.ci95[0] if s.ci95 else 0.0 for s in stats]
+        above = [s.ci95[1] - s.mean if s.ci95 else 0.0 for s in stats]
+        bars = ax.errorbar(
+            xs, means, yerr=[below, above], marker="o", capsize=3, label=label or None
+        )
+        for x, group in points:
+            seeds = [v for v in group.values(metric) if v is not None]
+            ax.plot([x] * len(seeds), seeds, ".", color=bars[0].get_color(), alpha=0.35)
+    every = [x for points in lines.values() for x, _ in points]
+    if min(every) > 0 and max(every) / min(every) >= 10:
+        ax.set_xscale("log")
+    ax.set_xlabel(name)
+    ax.set_ylabel(metric)
+    ax.set_title(
+        f"{METRICS[metric]} against {name}\n(points: mean; bars: 95% CI; dots: seeds)",
+        fontsize=9,
+    )
+    ax.grid(alpha=0.3)
+    if any(lines):
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return True
+
+
+def _response_section(groups: list[Group], out_dir: Path) -> list[str]:
+    lines = []
+    numeric = numeric_factors(groups)
+    names = factor_names(factors(groups))
+    for factor in numeric:
+        name = names[factor]
+        for metric in ("val/loss", "train/epoch_loss"):
+            file = f"{name}_{metric.replace('/', '_')}.png"
+            if plot_response(groups, factor, metric, name, out_dir / file):
+                lines += [f"![{metric} against {name}]({file})", ""]
+    if lines:
+        lines = [
+            "## Against the numeric factors",
+            "",
+            "Each group's mean (its seeds pooled) against the factor's value, with the group's "
+            "95% CI of the mean as an error bar (none for a group of one) and each seed's value "
+            "as a dot; one line per setting of the other factors.",
+            "",
+            *lines,
+        ]
+    return lines
 
 
 def _table(jobs: list[JobResult]) -> list[str]:
@@ -372,6 +456,7 @@ def _write_report(
     lines += _unfinished_section(jobs, single_run)
     if not single_run and len(unfinished) < len(jobs):
         lines += _groups_section(groups)
+        lines += _response_section(groups, out_dir)
         lines += _comparisons_section(groups, comparisons)
     lines += [
         "## Run" if single_run else "## Jobs",
