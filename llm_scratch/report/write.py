@@ -82,6 +82,15 @@ def _plot_group(ax, group: Group, curve: str, smooth: bool) -> bool:
     return True
 
 
+def _save_png(fig, path: Path) -> None:
+    """The figure as a PNG at ``path``, written whole or not at all; the figure is closed."""
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 def plot_curves(
     groups: list[Group], unfinished: list[JobResult], curve: str, title: str, path: Path
 ) -> bool:
@@ -112,11 +121,7 @@ def plot_curves(
     ax.set_title(title + (f" ({'; '.join(notes)})" if notes else ""), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    _save_png(fig, path)
     return True
 
 
@@ -173,11 +178,7 @@ def plot_response(groups: list[Group], factor: str, metric: str, name: str, path
     ax.grid(alpha=0.3)
     if any(lines):
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    _save_png(fig, path)
     return True
 
 
