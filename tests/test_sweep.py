@@ -23,6 +23,7 @@ from hydra_plugins.llm_scratch_launcher.subprocess_launcher import SubprocessLau
 from llm_scratch.errors import UserError
 from llm_scratch.report import collect_jobs
 from llm_scratch.sweep_env import CONTINUE_ENV
+from llm_scratch.train.config_store import ABLATIONS
 from llm_scratch.train.job import train
 from tests.helpers import FAST, REPO, column, compose_config, read_metrics
 
@@ -188,7 +189,18 @@ def test_ablation_experiments_define_their_sweeps(tmp_path):
         "attention": ({"model.attention"}, 2),
         "tying": ({"model.tie_weights"}, 2),
         "grid": ({"model.pre_norm", "model.layer_init", "model.attention"}, 8),
+        "lr": (
+            {
+                "optimizer.lr",
+                "scheduler.warmup_fraction",
+                "scheduler.name",
+                "scheduler.min_lr",
+                "scheduler.warmup_steps",
+            },
+            12,
+        ),
     }
+    assert set(expected) == set(ABLATIONS)
     for name, (keys, settings) in expected.items():
         for scale, n_layer in (("", 12), ("_cpu", 6)):
             cfg = compose_config([f"experiment=ablation_{name}{scale}"], tmp_path)
