@@ -202,11 +202,14 @@ def test_ablation_experiments_define_their_sweeps(tmp_path):
     }
     assert set(expected) == set(ABLATIONS)
     for name, (keys, settings) in expected.items():
-        for scale, n_layer in (("", 12), ("_cpu", 6)):
+        for scale in ("", "_cpu"):
             cfg = compose_config([f"experiment=ablation_{name}{scale}"], tmp_path)
             params = OmegaConf.to_container(cfg.hydra.sweeper.params)
             assert set(params) == {"seed", *keys} and params["seed"] == "1,2,3"
-            assert cfg.model.n_layer == n_layer and cfg.data.corpus == "verdict"
+            # the book's depth, head and init at both sizes (the CPU size is 192 wide, not 768)
+            assert cfg.model.n_layer == 12 and cfg.data.corpus == "verdict"
+            assert not cfg.model.tie_weights and cfg.model.weight_init == "pytorch"
+            assert cfg.model.n_embd == (768 if scale == "" else 192)
             assert cfg.task_name == f"ablation_{name}{scale}"
             jobs = sweep_jobs(params, [f"experiment=ablation_{name}{scale}"])
             assert len(jobs) == 3 * settings
