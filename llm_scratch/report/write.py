@@ -17,6 +17,7 @@ from llm_scratch.errors import UserError  # noqa: E402
 from llm_scratch.report.collect import BEST_VAL_LOSS, JobResult, parse_value  # noqa: E402
 from llm_scratch.report.groups import (  # noqa: E402
     METRICS,
+    NOT_SET,
     Comparison,
     Group,
     compare,
@@ -141,14 +142,13 @@ def plot_response(groups: list[Group], factor: str, metric: str, name: str, path
     """One PNG of ``metric`` against the numeric ``factor``: per combination of the other
     factors' levels, each group's mean with its 95% CI as an error bar, each seed as a dot; a
     log axis where the levels span a decade or more. False if no group has the metric."""
-    others = [key for key in factors(groups) if key != factor]
+    names = factor_names(factors(groups))
+    others = [key for key in names if key != factor]
     lines: dict[str, list[tuple[float, Group]]] = {}
     for group in groups:
         if group.describe(metric).n == 0:
             continue
-        label = ", ".join(
-            f"{key.rsplit('.', 1)[-1]}={group.setting.get(key, '')}" for key in others
-        )
+        label = ", ".join(f"{names[key]}={group.setting.get(key, NOT_SET)}" for key in others)
         lines.setdefault(label, []).append((float(parse_value(group.setting[factor])), group))
     if not lines:
         return False
