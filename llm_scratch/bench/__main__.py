@@ -12,6 +12,7 @@ import torch
 from llm_scratch.bench import BENCHMARKS
 from llm_scratch.bench.common import RESULTS_DIR, resolve_device, write_json
 from llm_scratch.errors import UserError, report_user_error
+from llm_scratch.utils.allocator import retain_freed_memory
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -146,6 +147,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    retain_freed_memory()  # as training does, for both sides of every comparison
     if args.threads:
         torch.set_num_threads(args.threads)
         os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))  # for subprocess cases

@@ -46,6 +46,7 @@ from llm_scratch.train.run_dir import claim_run_dir, is_main_process, remove_unf
 from llm_scratch.train.summary import write_run_summary
 from llm_scratch.train.sweep_resume import continued_sweep_job, drop_rows_after_checkpoint
 from llm_scratch.train.validate import validate_config
+from llm_scratch.utils.allocator import retain_freed_memory
 from llm_scratch.utils.config_tree import print_config_tree
 from llm_scratch.utils.io import atomic_write_text
 
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train a GPT as ``cfg`` says; return the final metrics (``train/loss``, ``val/loss`` ...)."""
     started = time.time()
+    retain_freed_memory()  # before the first activations: no page faults for them every step
     route_lightning_logs()
     quiet_known_noise()
     # The run directory already holds config.yaml and tokenizer.json when the CSV logger starts;
