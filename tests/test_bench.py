@@ -16,7 +16,7 @@ from llm_scratch.bench.__main__ import main
 from llm_scratch.bench.common import measure_matmul_peak, peak_flops
 from llm_scratch.train.job import train
 from llm_scratch.utils.flops import known_peak_flops
-from tests.helpers import FAST, column, compose_config, read_metrics
+from tests.helpers import FAST, REPO, column, compose_config, read_metrics
 
 TINY = [
     "model=gpt-nano",
@@ -246,3 +246,24 @@ def test_compile_trains_and_keeps_plain_state_dict_keys(tmp_path, shared_data_di
     assert not any("_orig_mod" in k for k in module.state_dict())
     out = module.model.generate(x[:1, :4], 4, temperature=0.0)
     assert out.shape == (1, 8)
+
+
+NANOGPT = REPO.parent / "shared" / "peers" / "nanogpt"
+
+
+@pytest.mark.skipif(not (NANOGPT / "model.py").is_file(), reason="nanoGPT's files are not here")
+def test_the_step_against_nanogpt_computes_nanogpts_losses(tmp_path):
+    """benchmarks/vs_nanogpt_step.py times the same math: from nanoGPT's weights, our model and
+    optimizer give nanoGPT's losses step for step."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import vs_nanogpt_step
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    out = tmp_path / "vs.json"
+    args = ["--peer", str(NANOGPT), "--pairs", "2", "--steps", "1", "--warmup", "1"]
+    assert vs_nanogpt_step.main([*args, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    # GPT-2's tanh GELU instead of the erf one already differs by 1e-5 here
+    assert result["same_weights_max_loss_diff"] < 1e-6
+    assert len(result["ratio_runs"]) == 2 and all(positive(r) for r in result["ratio_runs"])
