@@ -125,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if min(args.pairs, args.steps) < 1 or args.warmup < 0 or (args.threads or 1) < 1:
+        print(
+            "error: --pairs, --steps and --threads must be at least 1, --warmup 0 or more",
+            file=sys.stderr,
+        )
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     retain_freed_memory()
