@@ -65,8 +65,8 @@ def faults_per_reallocation(mode: str) -> tuple[bool, float]:
 
 
 def test_freed_activations_are_reused_without_page_faults():
-    """At glibc's default thresholds a step's freed buffers go back to the OS (thousands of faults to
-    get them again); with the raised thresholds training sets, the same memory is reused."""
+    """At glibc's default thresholds a step's freed buffers go back to the OS (thousands of
+    faults to get them again); with the raised thresholds training sets, the memory is reused."""
     applied, retained = faults_per_reallocation("retain")
     if not applied:
         pytest.skip("not glibc: the allocator thresholds are glibc's")
