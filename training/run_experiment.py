@@ -18,7 +18,6 @@ from llm_scratch.compat import one_line_hydra_errors
 from llm_scratch.sweep_env import SWEEP_ID_ENV
 from llm_scratch.train.compose import CONFIG_DIR
 from llm_scratch.train.config_store import register_configs
-from llm_scratch.train.job import train_or_exit
 
 register_configs()  # the typed schemas and generated options, before Hydra composes
 
@@ -44,6 +43,9 @@ def warn_if_sweep_without_multirun() -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    # imported here, not at the top: --help and Hydra's own errors need no Lightning (seconds)
+    from llm_scratch.train.job import train_or_exit
+
     warn_if_sweep_without_multirun()
     metrics = train_or_exit(cfg)
     # Returned for Hydra sweepers that optimise a value (e.g. Optuna).
