@@ -37,6 +37,10 @@ class Tokenizer(Protocol):
 
     def decode(self, ids: Iterable[int]) -> str: ...
 
+    def token_byte_lengths(self) -> list[int]:
+        """Each token id's length in UTF-8 bytes (0 for special tokens): bits per byte."""
+        ...
+
     def save(self, path: str | os.PathLike) -> None: ...
 
 
@@ -112,6 +116,15 @@ class CharTokenizer:
         chars = self.chars
         return "".join(chars[i] for i in ids)
 
+    def token_byte_lengths(self) -> list[int]:
+        """The UTF-8 length of each token id's text (for bits per byte); an id past the
+        characters (a reserved end-of-text id) counts 0 bytes."""
+        lengths = [len(c.encode("utf-8")) for c in self.chars]
+        lengths += [0] * (self.vocab_size - len(lengths))
+        if self.eos_id is not None and 0 <= self.eos_id < len(lengths):
+            lengths[self.eos_id] = 0
+        return lengths
+
     def to_dict(self) -> dict[str, Any]:
         return {"type": "char", "chars": self.chars}
 
@@ -170,6 +183,19 @@ class BPETokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._enc.decode(_as_int_list(ids))
+
+    def token_byte_lengths(self) -> list[int]:
+        """The length in bytes of each token id's text (for bits per byte, as nanochat
+        computes it); special tokens such as ``<|endoftext|>`` count 0 bytes."""
+        enc = self._enc
+        special = set(enc._special_tokens.values())
+        lengths = []
+        for token in range(self.vocab_size):
+            try:
+                lengths.append(0 if token in special else len(enc.decode_single_token_bytes(token)))
+            except KeyError:  # an unused id in the encoding's range
+                lengths.append(0)
+        return lengths
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "tiktoken", "encoding": self.name}

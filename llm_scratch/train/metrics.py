@@ -1,6 +1,9 @@
-"""A token-weighted mean loss whose update never waits for the device."""
+"""Validation and epoch figures whose updates never wait for the device: a token-weighted
+mean loss, and bits per byte."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torchmetrics import Metric
@@ -44,3 +47,44 @@ class TokenWeightedMean(Metric):
         # checkpoints are read onto the CPU: keep the sums where the updates' losses are
         self.total = self.total.to(self.device)
         self.count = self.count.to(self.device)
+
+
+class BitsPerByte(Metric):
+    """Bits per byte over a validation: the summed cross-entropy (nats) of the target tokens
+    divided by ln 2 and by the UTF-8 bytes those targets stand for (nanochat's ``val/bpb``).
+
+    Tokens of 0 bytes (special tokens such as ``<|endoftext|>``) and masked targets (-100) are
+    left out of both sums, so the figure does not depend on the tokenizer: a character model
+    and a BPE model of the same text compare directly. ``update`` only adds on the device; the
+    sums are reduced across processes at ``compute``. Not saved in checkpoints (a validation
+    never spans one).
+    """
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+
+    nats: torch.Tensor
+    bytes: torch.Tensor
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("nats", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("bytes", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(
+        self, token_losses: torch.Tensor, targets: torch.Tensor, byte_lengths: torch.Tensor
+    ) -> None:
+        """Add a batch: ``token_losses`` (the cross-entropy of each target, any shape),
+        ``targets`` (the same shape, -100 where masked) and the tokenizer's per-id
+        ``byte_lengths``."""
+        targets = targets.reshape(-1)
+        lengths = byte_lengths[targets.clamp(min=0)] * (targets >= 0)
+        counted = lengths > 0
+        losses = token_losses.detach().reshape(-1).float()
+        # where, not multiply: a masked target's loss may be anything (0, or not finite)
+        self.nats += torch.where(counted, losses, torch.zeros_like(losses)).sum()
+        self.bytes += lengths.sum()
+
+    def compute(self) -> torch.Tensor:
+        return self.nats / (math.log(2) * self.bytes)

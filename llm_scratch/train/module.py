@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 
 from llm_scratch.checkpoint import load_init_weights as load_initial_model_weights
@@ -16,11 +17,12 @@ from llm_scratch.compat import (
     reopen_epoch_stopped_by_max_steps,
     start_next_epoch_plainly,
 )
+from llm_scratch.data.tokenizers import tokenizer_from_dict
 from llm_scratch.errors import UserError
 from llm_scratch.model import GPTConfig
 from llm_scratch.model.factory import build_model
 from llm_scratch.train.checkpointing import get_rng_states, set_rng_states
-from llm_scratch.train.metrics import TokenWeightedMean
+from llm_scratch.train.metrics import BitsPerByte, TokenWeightedMean
 from llm_scratch.train.optim import OptimizerConfig, SchedulerConfig, build_adamw, lr_multiplier
 from llm_scratch.train.sharding import configure_sharding
 from llm_scratch.utils.memory import is_out_of_memory
@@ -109,6 +111,9 @@ class GPTLightningModule(L.LightningModule):
         # TokenWeightedMean, not MeanMetric: MeanMetric's NaN check syncs with the device per step.
         self.train_epoch_loss = TokenWeightedMean()
         self.val_loss = TokenWeightedMean()
+        # val/bpb: each token id's length in UTF-8 bytes, from the tokenizer (set in setup)
+        self.val_bpb = BitsPerByte()
+        self.token_byte_lengths: torch.Tensor | None = None
 
     @classmethod
     def from_config(cls, config: GPTConfig, **kwargs: Any) -> GPTLightningModule:
@@ -121,6 +126,8 @@ class GPTLightningModule(L.LightningModule):
         template = getattr(datamodule, "prompt_template", None)
         if template is not None and self.hparams.get("prompt_template") is None:
             self.hparams["prompt_template"] = template.to_dict()
+        if self.token_byte_lengths is None:
+            self.token_byte_lengths = _token_byte_lengths(datamodule, self.hparams.get("tokenizer"))
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         return self._forward(idx, targets)
@@ -166,14 +173,26 @@ class GPTLightningModule(L.LightningModule):
 
     def validation_step(self, batch: Batch, batch_idx: int):
         x, y, _, n_targets = unpack_batch(batch)
-        _, loss = self(x, y)
+        logits, loss = self(x, y)
         self.val_loss.update(loss, n_targets)
+        lengths = self.token_byte_lengths
+        if lengths is not None:
+            if lengths.device != y.device:  # once: the table is made before the model moves
+                lengths = self.token_byte_lengths = lengths.to(y.device)
+            # each target's cross-entropy (the loss above is their mean): bits per byte
+            token_losses = F.cross_entropy(
+                logits.flatten(0, 1).float(), y.flatten(), ignore_index=-100, reduction="none"
+            )
+            self.val_bpb.update(token_losses, y, lengths)
 
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()  # synced across processes by torchmetrics
         self.val_loss.reset()
         # Already equal on every rank; sync_dist only quiets Lightning's warning (one all-reduce).
         self.log_dict({"val/loss": loss, "val/ppl": torch.exp(loss)}, prog_bar=True, sync_dist=True)
+        if self.val_bpb.update_called:
+            self.log("val/bpb", self.val_bpb.compute(), sync_dist=True)
+            self.val_bpb.reset()
         self._log_step()
 
     def configure_model(self) -> None:
@@ -217,6 +236,16 @@ class GPTLightningModule(L.LightningModule):
             # Under DDP a resumed epoch restarts from its first batch, and the checkpoint holds
             # rank 0's sums only: start the epoch's mean afresh.
             self.train_epoch_loss.reset()
+
+
+def _token_byte_lengths(datamodule: Any, described: dict | None) -> torch.Tensor | None:
+    """The byte length of each token id, from the data module's tokenizer or else the one the
+    module was built with; None when neither is known (no val/bpb then)."""
+    tokenizer = getattr(datamodule, "tokenizer", None)
+    if tokenizer is None and described:
+        tokenizer = tokenizer_from_dict(described)
+    lengths = getattr(tokenizer, "token_byte_lengths", None)
+    return torch.tensor(lengths(), dtype=torch.long) if lengths is not None else None
 
 
 def _describe(model: dict) -> str:
