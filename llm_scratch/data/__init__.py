@@ -20,6 +20,10 @@ def __getattr__(name: str):
         from llm_scratch.data.datamodule import LMDataModule
 
         return LMDataModule
+    if name == "ShardDataModule":
+        from llm_scratch.data.shard_datamodule import ShardDataModule
+
+        return ShardDataModule
     if name == "InstructDataModule":
         from llm_scratch.data.instruct_datamodule import InstructDataModule
 
@@ -35,6 +39,7 @@ __all__ = [
     "InstructDataModule",
     "LMDataModule",
     "RandomWindowDataset",
+    "ShardDataModule",
     "SlidingWindowDataset",
     "Tokenizer",
     "build_tokenizer",

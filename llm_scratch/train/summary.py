@@ -40,5 +40,9 @@ def write_run_summary(
     }
     if continued_from is not None:
         summary["continued_from"] = continued_from
+    # a prepared dataset (data=shards): its folder and the fingerprint of its index
+    dataset = getattr(trainer.datamodule, "dataset_info", None)
+    if dataset is not None:
+        summary["dataset"] = dataset
     write_summary(output_dir, summary)
     return summary
