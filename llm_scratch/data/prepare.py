@@ -445,6 +445,7 @@ _W: dict[str, Any] = {}  # the worker's settings (set by _init_worker)
 
 def _init_worker(config: dict[str, Any]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the main process's handler (fork)
     _W.clear()
     _W.update(config)
     tok = config.get("tokenizer")
@@ -779,6 +780,12 @@ def _check_out_dir(out: Path, identity: dict[str, Any]) -> tuple[str, dict[str, 
                 f"Cannot read {out / STATE} ({e}); delete the folder {out} and prepare again."
             ) from e
         diff = _differences(identity, state.get("identity", {}))
+        if not state.get("checkpoints"):  # nothing finished: start afresh, whatever the settings
+            for path in out.iterdir():
+                if path.name == STATE or path.name.startswith(".") and path.name.endswith(".tmp"):
+                    path.unlink()
+            if not any(out.iterdir()):
+                return "new", None
         if diff:
             raise UserError(
                 f"out={out} holds an unfinished preparation with other settings: {'; '.join(diff)}; "
@@ -1152,6 +1159,8 @@ def _tokenize(
         if pool is not None:
             pool.terminate()
             pool.join()
+        if not state["checkpoints"]:  # nothing worth continuing: leave the folder as it was
+            _remove_unfinished(out)
         raise
     progress.close()
     if pool is not None:
@@ -1208,6 +1217,14 @@ def _tokenize(
     index = read_index(out)
     _log_summary(index, source, elapsed, out, log)
     return index
+
+
+def _remove_unfinished(out: Path) -> None:
+    for path in out.iterdir():
+        if path.name == STATE or path.name.startswith(".") and path.name.endswith(".tmp"):
+            path.unlink()
+    with contextlib.suppress(OSError):
+        out.rmdir()  # only if empty: it was made for this dataset
 
 
 def identity_fp(state: dict[str, Any]) -> str:
