@@ -23,7 +23,7 @@ class TaskEvaluator(L.Callback):
     metrics.csv, the loggers, the progress lines and summary.json (the last values).
 
     The task files are read when the callback is built, so a bad file stops the run before it
-    trains. Every process scores the subset (a sharded model needs them all), and they log the
+    trains (and so does giving none). Every process scores the subset (a sharded model needs them all), and they log the
     same values.
     """
 
@@ -34,12 +34,6 @@ class TaskEvaluator(L.Callback):
         limit: int | None = 200,
         batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> None:
-        tasks = list(tasks or [])
-        if not tasks:
-            raise UserError(
-                "callbacks=eval scores task files during training: name them with "
-                "callbacks.task_eval.tasks=[<file.jsonl>,...]."
-            )
         if every_n_validations < 1:
             raise UserError(
                 f"callbacks.task_eval.every_n_validations={every_n_validations}: use 1 (every "
@@ -47,11 +41,20 @@ class TaskEvaluator(L.Callback):
             )
         if batch_size < 1:
             raise UserError(f"callbacks.task_eval.batch_size={batch_size}: use 1 or more.")
-        self.tasks = read_tasks(tasks, limit)
+        # read now, so a bad file stops the run before its data is prepared; none at all is
+        # refused when training starts (setup), so the config instantiates as it stands
+        self.tasks = read_tasks(list(tasks), limit) if tasks else []
         self.every_n_validations = every_n_validations
         self.batch_size = batch_size
         self.validations = 0  # validations seen (sanity checks not counted), kept on resume
         self._encoded: list | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not self.tasks:
+            raise UserError(
+                "callbacks=eval scores task files during training: name them with "
+                "'callbacks.task_eval.tasks=[<file.jsonl>,...]'."
+            )
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
