@@ -238,7 +238,8 @@ def test_slurm_launcher_config_composes(tmp_path):
     assert "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher" in {
         f"{c.__module__}.{c.__name__}" for c in bases
     }
-    assert cfg.hydra.launcher.tasks_per_node == 4 and cfg.hydra.launcher.nodes == 2
+    # one task per device, worked out per job (tests/test_slurm.py)
+    assert cfg.hydra.launcher.tasks_per_node == "auto" and cfg.hydra.launcher.nodes == 2
     # each SLURM job names its sweep for W&B's group, as the subprocess launcher does
     setup = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)["setup"]
     assert setup == [f'export LLM_SCRATCH_SWEEP_ID="train-$(basename "{cfg.hydra.sweep.dir}")"']
@@ -490,7 +491,8 @@ def test_a_directory_holding_another_sweep_is_refused_as_it_is(tmp_path):
         {"num": n, "dir": str(n), "overrides": ["model=gpt-nano", f"seed={n + 1}"]} for n in (0, 1)
     ]
     (sweep / "0" / ".hydra").mkdir(parents=True)
-    (sweep / "sweep.json").write_text(json.dumps({"jobs": jobs}))
+    (sweep / "0" / ".sweep_job").write_text(json.dumps({"sweep_id": "s1", "num": 0}))
+    (sweep / "sweep.json").write_text(json.dumps({"sweep_id": "s1", "jobs": jobs}))
     (sweep / "multirun.yaml").write_text("earlier: sweep\n")
     before = snapshot(sweep)
     out = run_command(
@@ -507,36 +509,44 @@ def test_a_directory_holding_another_sweep_is_refused_as_it_is(tmp_path):
 
 
 def test_a_sweep_is_compared_with_the_job_list_it_recorded(tmp_path):
-    from hydra_plugins.llm_scratch_launcher.continuation import check_same_sweep, write_manifest
+    from hydra_plugins.llm_scratch_launcher.continuation import (
+        check_same_sweep,
+        claim_job_dir,
+        write_manifest,
+    )
 
     asked = {0: ["model=gpt-nano", "seed=1"], 1: ["model=gpt-nano", "seed=2"]}
     dirs = {n: tmp_path / str(n) for n in asked}
     assert check_same_sweep(tmp_path, asked, dirs, whole=True) is False  # nothing there yet
-    # a sweep from before sweep.json: each started job's .hydra/overrides.yaml
-    (tmp_path / "0" / ".hydra").mkdir(parents=True)
-    (tmp_path / "0" / ".hydra" / "overrides.yaml").write_text("- seed=1\n- model=gpt-nano\n")
-    assert check_same_sweep(tmp_path, asked, dirs, whole=True) is True  # the order is no matter
+    # the job list and the sweep's id, written once
+    sweep_id = write_manifest(tmp_path, asked, dirs)
+    listed = (tmp_path / "sweep.json").read_bytes()
+    assert json.loads(listed)["sweep_id"] == sweep_id and len(sweep_id) == 32
+    assert write_manifest(tmp_path, asked, dirs) == sweep_id
+    assert (tmp_path / "sweep.json").read_bytes() == listed
+    claim_job_dir(dirs[0], tmp_path, sweep_id, 0)
+    assert json.loads((dirs[0] / ".sweep_job").read_text()) == {"sweep_id": sweep_id, "num": 0}
+    assert check_same_sweep(tmp_path, asked, dirs, whole=True) is True
+    reordered = {n: o[::-1] for n, o in asked.items()}  # the order is no matter
+    assert check_same_sweep(tmp_path, reordered, dirs, whole=True) is True
     with pytest.raises(
         UserError,
-        match="its job #0 has seed=1 model=gpt-nano, the overrides given make model=gpt-nano seed=7",
+        match="its job #0 has model=gpt-nano seed=1, the overrides given make model=gpt-nano seed=7",
     ):
-        check_same_sweep(tmp_path, {0: ["model=gpt-nano", "seed=7"]}, dirs, whole=True)
-    (tmp_path / "5" / ".hydra").mkdir(parents=True)
-    with pytest.raises(
-        UserError, match="it holds job folder.s. 5, which the overrides given do not"
-    ):
-        check_same_sweep(tmp_path, asked, dirs, whole=True)
-    (tmp_path / "5" / ".hydra").rmdir()
-    # the job list, written once
-    write_manifest(tmp_path, asked, dirs)
-    listed = (tmp_path / "sweep.json").read_bytes()
-    write_manifest(tmp_path, asked, dirs)
-    assert (tmp_path / "sweep.json").read_bytes() == listed
-    assert check_same_sweep(tmp_path, asked, dirs, whole=True) is True
+        check_same_sweep(tmp_path, {**asked, 0: ["model=gpt-nano", "seed=7"]}, dirs, whole=True)
     with pytest.raises(UserError, match="it holds 2 job.s., the overrides given make 1"):
-        check_same_sweep(tmp_path, {0: asked[0]}, dirs, whole=True)
+        check_same_sweep(tmp_path, {0: asked[0]}, {0: dirs[0]}, whole=True)
+    # the same jobs in other folders (another hydra.sweep.subdir)
+    moved = {n: tmp_path / f"job{n}" for n in asked}
+    with pytest.raises(UserError, match="its job #0 is in folder 0, the hydra.sweep.subdir given"):
+        check_same_sweep(tmp_path, asked, moved, whole=True)
     (tmp_path / "sweep.json").write_text("{not json")
     with pytest.raises(UserError, match="Cannot read the sweep's job list"):
+        check_same_sweep(tmp_path, asked, dirs, whole=True)
+    # a sweep from before the markers: refused, not continued in place
+    jobs = [{"num": n, "dir": str(n), "overrides": o} for n, o in asked.items()]
+    (tmp_path / "sweep.json").write_text(json.dumps({"jobs": jobs}))
+    with pytest.raises(UserError, match="started by an earlier version of llm_scratch"):
         check_same_sweep(tmp_path, asked, dirs, whole=True)
 
 
@@ -549,6 +559,7 @@ def test_a_continued_job_keeps_the_rows_before_its_checkpoint(tmp_path, monkeypa
 
     job = tmp_path / "3"
     (job / "checkpoints").mkdir(parents=True)
+    (job / ".sweep_job").write_text(json.dumps({"sweep_id": "s1", "num": 3}))  # the sweep's
     torch.save({"global_step": 6}, job / "checkpoints" / "last.ckpt")
     header = "epoch,step,train/epoch_loss,train/loss,val/loss\r\n"
     rows = [f"0,{s},,{4 - s / 10},\r\n" for s in range(1, 10)]
@@ -580,7 +591,12 @@ def test_a_continued_job_keeps_the_rows_before_its_checkpoint(tmp_path, monkeypa
     assert text == header + "".join(kept) + ",7,,3.3,0.1,\r\n"
     assert (job / "samples.jsonl").read_text() == "".join(samples[:2])
     # nothing left aside
-    assert sorted(p.name for p in job.iterdir()) == ["checkpoints", "metrics.csv", "samples.jsonl"]
+    assert sorted(p.name for p in job.iterdir()) == [
+        ".sweep_job",
+        "checkpoints",
+        "metrics.csv",
+        "samples.jsonl",
+    ]
 
 
 @pytest.mark.slow
@@ -628,21 +644,6 @@ def test_a_sweep_stopped_while_its_job_starts_continues_with_the_printed_command
         assert json.loads((sweep / job / "summary.json").read_text())["global_step"] == 6
 
 
-def test_the_slurm_launcher_refuses_a_directory_that_holds_jobs(tmp_path):
-    from hydra_plugins.llm_scratch_launcher.slurm_launcher import SlurmLauncher
-
-    sweep = tmp_path / "sweep"
-    (sweep / "0" / ".hydra").mkdir(parents=True)
-    (sweep / "multirun.yaml").write_text("earlier: sweep\n")
-    launcher = SlurmLauncher()
-    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}})
-    launcher.setup(hydra_context=None, task_function=None, config=config)
-    (sweep / "multirun.yaml").write_text("this: sweep\n")  # what Hydra's sweeper does
-    with pytest.raises(UserError, match="already holds sweep jobs .0.; with hydra/launcher=slurm"):
-        launcher.launch([["seed=1"]], initial_job_idx=0)
-    assert (sweep / "multirun.yaml").read_text() == "earlier: sweep\n"
-
-
 def test_a_sweep_directory_in_use_is_refused(tmp_path):
     from hydra_plugins.llm_scratch_launcher.continuation import sweep_lock
 
@@ -651,3 +652,299 @@ def test_a_sweep_directory_in_use_is_refused(tmp_path):
         pass
     with sweep_lock(tmp_path):  # released when the sweep ends
         pass
+
+
+# ------------------------------------------------------- a sweep deletes only what it wrote itself
+# The code that deletes or writes over files when a sweep starts, runs or continues.
+SWEEP_CODE = [
+    REPO / "hydra_plugins" / "llm_scratch_launcher" / "continuation.py",
+    REPO / "hydra_plugins" / "llm_scratch_launcher" / "subprocess_launcher.py",
+    REPO / "hydra_plugins" / "llm_scratch_launcher" / "slurm_launcher.py",
+    REPO / "llm_scratch" / "train" / "sweep_resume.py",
+]
+# calls that delete or replace a file or folder (str.replace takes two arguments, Path's one)
+_DELETING = {"rmtree", "unlink", "rmdir", "remove", "rename", "truncate", "write_text"}
+_DELETING |= {"write_bytes", "atomic_write_text", "atomic_write_bytes", "atomic_open"}
+
+
+def deletion_sites() -> set[str]:
+    """Every function of the sweep code that deletes, empties or writes over a file: a call of
+    the above, ``replace(target)``, or ``open`` in a mode that writes."""
+    import ast
+
+    found = set()
+    for path in SWEEP_CODE:
+
+        def visit(node: ast.AST, scope: list[str], module: str = path.stem) -> None:
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, ast.FunctionDef | ast.ClassDef):
+                    visit(child, [*scope, child.name])
+                    continue
+                if isinstance(child, ast.Call):
+                    func = child.func
+                    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                    if name == "open":
+                        given = child.args[1:] if isinstance(func, ast.Name) else child.args
+                        modes = [*given, *(k.value for k in child.keywords if k.arg == "mode")]
+                        reads = not modes or (
+                            isinstance(modes[0], ast.Constant) and set(modes[0].value) <= set("rbt")
+                        )
+                        deletes = not reads
+                    else:
+                        deletes = name in _DELETING or (name == "replace" and len(child.args) == 1)
+                    if deletes:
+                        found.add(".".join([module, *scope]))
+                visit(child, scope)
+
+        visit(ast.parse(path.read_text()), [])
+    return found
+
+
+def refused(where: Path, call, match: str) -> None:
+    """``call`` refuses with one UserError matching ``match`` and leaves ``where`` as it was."""
+    before = snapshot(where)
+    with pytest.raises(UserError, match=match):
+        call()
+    assert snapshot(where) == before
+
+
+def a_sweep(root: Path) -> tuple[Path, str]:
+    """A sweep directory of this package with two jobs (its sweep.json), none started."""
+    from hydra_plugins.llm_scratch_launcher.continuation import write_manifest
+
+    sweep = root / "sweep"
+    sweep.mkdir(parents=True)
+    jobs = {0: ["seed=1"], 1: ["seed=2"]}
+    return sweep, write_manifest(sweep, jobs, {n: sweep / str(n) for n in jobs})
+
+
+def notes_in(folder: Path) -> Path:
+    """A folder of the user's files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "notes.txt").write_text("my notes\n")
+    return folder
+
+
+def probe_prepare_restart(root: Path) -> None:
+    from hydra_plugins.llm_scratch_launcher.continuation import claim_job_dir, prepare_restart
+
+    sweep, sweep_id = a_sweep(root)
+    job = notes_in(sweep / "0")
+    refused(root, lambda: prepare_restart(job, sweep, sweep_id, 0), "0 holds files this sweep")
+    claim_job_dir(sweep / "1", sweep, sweep_id, 1)  # job #1's marker: not job #0's folder
+    notes_in(sweep / "1")
+    refused(root, lambda: prepare_restart(sweep / "1", sweep, sweep_id, 0), "of its job #0")
+    refused(root, lambda: prepare_restart(sweep / "1", sweep, "another", 1), "of its job #1")
+    (sweep / "2").symlink_to(sweep / "1")  # the sweep's own folder, through a link
+    refused(root, lambda: prepare_restart(sweep / "2", sweep, sweep_id, 1), "not a folder of")
+    outside = notes_in(root / "outside")
+    refused(root, lambda: prepare_restart(outside, sweep, sweep_id, 0), "not a folder of its own")
+    # its own folder: emptied but for the marker
+    prepare_restart(sweep / "1", sweep, sweep_id, 1)
+    assert [p.name for p in (sweep / "1").iterdir()] == [".sweep_job"]
+
+
+def probe_claim_job_dir(root: Path) -> None:
+    from hydra_plugins.llm_scratch_launcher.continuation import claim_job_dir
+
+    sweep, sweep_id = a_sweep(root)
+    notes_in(sweep / "0")
+    refused(root, lambda: claim_job_dir(sweep / "0", sweep, sweep_id, 0), "0 appeared with files")
+    (sweep / "1").mkdir()
+    (sweep / "1" / ".sweep_job").write_text(json.dumps({"sweep_id": "another", "num": 1}))
+    refused(root, lambda: claim_job_dir(sweep / "1", sweep, sweep_id, 1), "1 holds files this")
+
+
+def probe_write_manifest(root: Path) -> None:
+    from hydra_plugins.llm_scratch_launcher.continuation import write_manifest
+
+    (root / "sweep.json").write_text('{"jobs": [], "mine": true}\n')
+    refused(root, lambda: write_manifest(root, {0: []}, {0: root / "0"}), "earlier version")
+    (root / "sweep.json").write_text("my own sweep.json\n")
+    refused(root, lambda: write_manifest(root, {0: []}, {0: root / "0"}), "Cannot read")
+
+
+def probe_sweep_lock(root: Path) -> None:
+    from hydra_plugins.llm_scratch_launcher.continuation import sweep_lock
+
+    (root / ".sweep.lock").write_text("my notes\n")
+
+    def lock() -> None:
+        with sweep_lock(root):
+            pass
+
+    refused(root, lock, ".sweep.lock that no sweep wrote")
+
+
+def probe_multirun_yaml_restore(root: Path) -> None:
+    from hydra_plugins.llm_scratch_launcher.continuation import MultirunYaml
+
+    notes_in(root / "0")
+    (root / "multirun.yaml").write_text("my: own\n")
+    before = snapshot(root)
+    kept = MultirunYaml(OmegaConf.create({"hydra": {"sweep": {"dir": str(root)}}}))
+    (root / "multirun.yaml").write_text("hydra: rewrote it\n")  # what Hydra's sweeper does
+    kept.restore()  # after a refusal: put back, nothing deleted
+    assert snapshot(root) == before
+    # a directory Hydra's sweeper made: its file and the empty directory go, nothing else
+    new = root / "new"
+    made = MultirunYaml(OmegaConf.create({"hydra": {"sweep": {"dir": str(new)}}}))
+    notes_in(new)
+    (new / "multirun.yaml").write_text("hydra: made it\n")
+    made.restore()
+    assert [p.name for p in new.iterdir()] == ["notes.txt"]
+
+
+def probe_run_one(root: Path) -> None:
+    from hydra_plugins.llm_scratch_launcher.continuation import JobState
+    from hydra_plugins.llm_scratch_launcher.subprocess_launcher import _Stop
+
+    sweep, sweep_id = a_sweep(root)
+    notes_in(sweep / "0")
+    (sweep / "0" / "job_output.log").write_text("my log\n")
+    launcher = SubprocessLauncher()
+    launcher.config = OmegaConf.create({"hydra": {"overrides": {"hydra": []}}})
+    launcher._sweep_id, launcher._stop = sweep_id, _Stop()
+    job = OmegaConf.create(
+        {"hydra": {"sweep": {"dir": str(sweep), "subdir": "0"}}, "task_name": "t"}
+    )
+    for state in (JobState.RUN, JobState.RESTART, JobState.CONTINUE):
+        run = lambda s=state: launcher._run_one(0, [], job, sweep, s, None, quiet=True)  # noqa: E731
+        refused(root, run, "0 (appeared with|holds) files")
+
+
+def probe_sweep_resume(root: Path) -> None:
+    from lightning.pytorch.loggers import CSVLogger
+
+    from llm_scratch.train.sweep_resume import continued_sweep_job, drop_rows_after_checkpoint
+
+    run = notes_in(root / "run")  # a run's directory, not a sweep's job folder
+    (run / "checkpoints").mkdir()
+    torch.save({"global_step": 1}, run / "checkpoints" / "last.ckpt")
+    (run / "metrics.csv").write_text("step,train/loss\n1,3.0\n2,2.0\n")
+    (run / "samples.jsonl").write_text('{"step": 2, "text": "x"}\n')
+    logger = CSVLogger(save_dir=str(run), name="", version="")
+    os.environ[CONTINUE_ENV] = str(run)
+    try:
+        refused(root, lambda: continued_sweep_job(run), "not a sweep's job folder")
+        refused(root, lambda: drop_rows_after_checkpoint([logger], run), "holds no .sweep_job")
+    finally:
+        del os.environ[CONTINUE_ENV]
+
+
+# each place that deletes or writes over a file, and the probe that gives it foreign content
+DELETION_PROBES = {
+    "continuation.prepare_restart": probe_prepare_restart,
+    "continuation.claim_job_dir": probe_claim_job_dir,
+    "continuation.write_manifest": probe_write_manifest,
+    "continuation.sweep_lock": probe_sweep_lock,
+    "continuation.MultirunYaml.restore": probe_multirun_yaml_restore,
+    "subprocess_launcher.SubprocessLauncher._run_one": probe_run_one,
+    "sweep_resume._keep_metrics_before": probe_sweep_resume,
+    "sweep_resume._keep_samples_up_to": probe_sweep_resume,
+}
+
+
+def test_every_place_the_sweep_code_deletes_refuses_what_it_did_not_write(tmp_path):
+    # a new place that deletes fails here until it has a probe
+    assert deletion_sites() == set(DELETION_PROBES)
+    for name, probe in DELETION_PROBES.items():
+        (tmp_path / name).mkdir()
+        probe(tmp_path / name)
+
+
+def test_a_sweep_directory_must_hold_only_what_a_sweep_wrote(tmp_path):
+    from hydra_plugins.llm_scratch_launcher.continuation import check_sweep_dir, claim_job_dir
+
+    sweep, sweep_id = a_sweep(tmp_path)
+    dirs = {n: sweep / str(n) for n in (0, 1)}
+    # what a sweep writes is accepted: its job folders, logs, the report, submitit's files
+    claim_job_dir(dirs[0], sweep, sweep_id, 0)
+    notes_in(dirs[0])  # inside its own job folder: the job's files
+    (dirs[1]).mkdir()  # an empty folder: nothing to lose
+    for name in ("multirun.yaml", ".sweep.lock", "report.md", "report.json", "val_loss.png"):
+        (sweep / name).write_text("")
+    (sweep / "sweep.log").write_text("")
+    (sweep / ".submitit" / "123").mkdir(parents=True)
+    assert check_sweep_dir(sweep, dirs).sweep_id == sweep_id
+    # anything else is refused, naming it
+    cases = {
+        "run": lambda d: (d / "summary.json").write_text("{}"),
+        "claim": lambda d: (d / ".run.claim").write_text("pid 1"),
+        "notes": lambda d: notes_in(d / "5"),
+        "file": lambda d: (d / "notes.txt").write_text("mine"),
+        "link": lambda d: (d / "5").symlink_to(dirs[0]),
+        "lock dir": lambda d: ((d / ".sweep.lock").unlink(), (d / ".sweep.lock").mkdir()),
+        "other": lambda d: (
+            (d / "5").mkdir()
+            or (d / "5" / ".sweep_job").write_text(json.dumps({"sweep_id": "another", "num": 5}))
+        ),
+        "renumbered": lambda d: (
+            (d / "5").mkdir()
+            or (d / "5" / ".sweep_job").write_text(json.dumps({"sweep_id": sweep_id, "num": 1}))
+        ),
+        "old": lambda d: (d / "sweep.json").write_text(json.dumps({"jobs": []})),
+    }
+    import shutil
+
+    for case, make in cases.items():
+        copy = tmp_path / case.replace(" ", "_")
+        shutil.copytree(sweep, copy, symlinks=True)
+        make(copy)
+        copies = {n: copy / str(n) for n in dirs}
+        before = snapshot(copy)
+        with pytest.raises(UserError, match=f"hydra.sweep.dir={copy} ") as error:
+            check_sweep_dir(copy, copies)
+        assert snapshot(copy) == before
+        assert "\n" not in str(error.value)
+        if case in ("notes", "link", "file"):
+            assert str(copy / ("notes.txt" if case == "file" else "5")) in str(error.value)
+
+
+def test_each_job_gets_a_new_folder_directly_inside_the_sweep_directory(tmp_path):
+    from hydra_plugins.llm_scratch_launcher.continuation import check_job_paths
+
+    sweep = tmp_path / "sweep"
+    (sweep / "0").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (sweep / "link").symlink_to(tmp_path / "elsewhere")
+    check_job_paths(sweep, {0: sweep / "0", 1: sweep / "1"})
+    for subdir in ("checkpoints", "..", ".", str(tmp_path / "abs"), "a/b", "link", "sweep.json"):
+        with pytest.raises(UserError, match="each job needs a new folder of its own directly"):
+            check_job_paths(sweep, {0: sweep / subdir})
+    with pytest.raises(UserError, match="the folder .*same .also job #0's."):
+        check_job_paths(sweep, {0: sweep / "same", 1: sweep / "same"})
+
+
+def finished_run(run: Path) -> Path:
+    """What a finished single run leaves in its directory."""
+    (run / "checkpoints").mkdir(parents=True)
+    for name in ("last.ckpt", "best-step=6-val_loss=3.1.ckpt"):
+        (run / "checkpoints" / name).write_bytes(b"weights")
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "overrides.yaml").write_text("- seed=1\n")
+    for name, text in [(".run.claim", "pid 1"), ("summary.json", "{}"), ("metrics.csv", "step\n")]:
+        (run / name).write_text(text)
+    return run
+
+
+@pytest.mark.slow
+def test_a_sweep_into_the_users_files_or_a_finished_run_is_refused(tmp_path):
+    # the three cases of issue 27: each one error line naming the folder, nothing submitted,
+    # written or deleted (not even Hydra's multirun.yaml left behind)
+    folder = tmp_path / "F"
+    notes_in(folder / "0")
+    run = finished_run(tmp_path / "run")
+    cases = [
+        ([f"hydra.sweep.dir={folder}"], f"{folder / '0'}, which no sweep wrote"),
+        ([f"hydra.sweep.dir={run}", "hydra.sweep.subdir=checkpoints"], "the folder"),
+        ([f"hydra.sweep.dir={run}"], f"hydra.sweep.dir={run} is a run's directory"),
+    ]
+    before = snapshot(tmp_path)
+    for given, named in cases:
+        out = run_command(entry("-m", *TINY_JOB, "seed=1,2", *given), tmp_path)
+        assert out.returncode == 2, out.stderr[-3000:]
+        assert "Traceback" not in out.stderr, out.stderr[-3000:]
+        (line,) = error_lines(out.stderr)
+        assert named in line, line
+        assert snapshot(tmp_path) == before

@@ -45,6 +45,7 @@ from hydra_plugins.llm_scratch_launcher.continuation import (
     JobState,
     MultirunYaml,
     check_same_sweep,
+    claim_job_dir,
     continue_command,
     job_state,
     prepare_restart,
@@ -132,8 +133,6 @@ class SubprocessLauncher(Launcher):
         assert self.config is not None and self.hydra_context is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        existed = any(p.name != "multirun.yaml" for p in sweep_dir.iterdir())
         groups = self._device_groups()
         jobs = [(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
         self._stop = _Stop()
@@ -145,9 +144,10 @@ class SubprocessLauncher(Launcher):
             whole = initial_job_idx == 0 and max_batch is None
             with contextlib.ExitStack() as locked:
                 try:
-                    continuing = existed and check_same_sweep(
-                        sweep_dir, dict(jobs), job_dirs, whole=whole
-                    )
+                    # nothing is written before the directory is checked: a sweep deletes or
+                    # writes over only what it wrote (continuation.py)
+                    continuing = check_same_sweep(sweep_dir, dict(jobs), job_dirs, whole=whole)
+                    sweep_dir.mkdir(parents=True, exist_ok=True)
                     locked.enter_context(sweep_lock(sweep_dir))
                 except UserError:  # refused: the directory is left as it was
                     self._multirun_yaml.restore()
@@ -163,7 +163,7 @@ class SubprocessLauncher(Launcher):
         continuing: bool,
         groups: list[str | None],
     ) -> Sequence[JobReturn]:
-        write_manifest(sweep_dir, dict(jobs), job_dirs)
+        self._sweep_id = write_manifest(sweep_dir, dict(jobs), job_dirs)
         states = {idx: job_state(job_dirs[idx]) for idx, _ in jobs}
         self._command = continue_command(sweep_dir)
         slots: queue.Queue = queue.Queue()
@@ -304,10 +304,11 @@ class SubprocessLauncher(Launcher):
             env[CONTINUE_ENV] = str(job_dir.resolve())
             how = " (continuing from its checkpoints/last.ckpt)"
         elif state == JobState.RESTART:
-            prepare_restart(job_dir, sweep_dir)
+            prepare_restart(job_dir, sweep_dir, self._sweep_id, idx)
             how = " (started earlier but saved no checkpoint: afresh)"
         log.info("\t#%d : %s%s%s", idx, " ".join(filter_overrides(overrides)), how, _on(gpus))
-        job_dir.mkdir(parents=True, exist_ok=True)
+        # its marker, before anything else is written there: the folder is this sweep's own
+        claim_job_dir(job_dir, sweep_dir, self._sweep_id, idx)
         start = time.time()
         # Its output always goes to job_output.log (an error line is otherwise only on the
         # console); one job at a time it is also copied to the console. A continued job's

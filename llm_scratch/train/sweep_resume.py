@@ -6,7 +6,8 @@ variable, not an override, so the job's ``.hydra/overrides.yaml`` stays its own)
 continues from that directory's ``checkpoints/last.ckpt`` instead of being refused for holding a
 run, and drops the rows it logged after that checkpoint from ``metrics.csv`` and
 ``samples.jsonl``: training logs them again, so both files end as an uninterrupted job's would.
-A user's own ``ckpt_path=<run dir> hydra.run.dir=<same dir>`` stays refused.
+A user's own ``ckpt_path=<run dir> hydra.run.dir=<same dir>`` stays refused, and so does a
+directory without the sweep's marker of its job folder (``.sweep_job``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 
 from llm_scratch.errors import UserError
-from llm_scratch.sweep_env import CONTINUE_ENV
+from llm_scratch.sweep_env import CONTINUE_ENV, SWEEP_JOB_MARKER
 from llm_scratch.utils.io import atomic_open, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,13 @@ def _continued(output_dir: Path) -> Path | None:
     if not named or Path(named).resolve() != output_dir.resolve():
         return None
     last = output_dir / "checkpoints" / "last.ckpt"
+    if not (output_dir / SWEEP_JOB_MARKER).is_file():
+        # its metrics.csv and samples.jsonl are rewritten: only in a sweep's own job folder
+        raise UserError(
+            f"{CONTINUE_ENV}={named}: that directory is not a sweep's job folder (it holds no "
+            f"{SWEEP_JOB_MARKER} marker), so it is not continued in place; unset "
+            f"{CONTINUE_ENV} and continue the run in a new directory with ckpt_path={named}."
+        )
     if not last.is_file():
         raise UserError(
             f"{CONTINUE_ENV}={named}: the sweep job there has no checkpoints/last.ckpt to "
