@@ -33,9 +33,12 @@ def make_job(
     val_curve: list[float] | None = None,
     finished: bool = True,
     output: str | None = None,
+    config: dict | None = None,
+    summary_extra: dict | None = None,
 ) -> Path:
     """A job directory as a sweep leaves it: .hydra/overrides.yaml (with the launcher's own
-    hydra.* override), metrics.csv, summary.json when it finished, job_output.log if given."""
+    hydra.* override), metrics.csv, summary.json when it finished (with ``summary_extra``'s
+    entries, metrics merged), job_output.log and .hydra/config.yaml if given."""
     job = sweep / name
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text(
@@ -48,10 +51,14 @@ def make_job(
     (job / "metrics.csv").write_text("\n".join(rows) + "\n")
     if finished:
         metrics = {"val/loss": val_loss, "train/epoch_loss": epoch_loss, "val/ppl": 1.0}
-        summary = {"metrics": metrics, "num_params": 1000, "wall_time_s": 1.0}
+        extra = dict(summary_extra or {})
+        metrics.update(extra.pop("metrics", {}))
+        summary = {"metrics": metrics, "num_params": 1000, "wall_time_s": 1.0, **extra}
         (job / "summary.json").write_text(json.dumps(summary))
     if output is not None:
         (job / "job_output.log").write_text(output)
+    if config is not None:
+        (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     return job
 
 
@@ -223,11 +230,20 @@ def test_groups_ignore_the_seed_and_report_json_has_the_documented_shape(tmp_pat
     diff, ci, p = textbook_welch(false_vals, true_vals)
     assert val["diff"] == pytest.approx(diff) and val["ci95"] == pytest.approx(list(ci))
     assert val["p_value"] == pytest.approx(p)
+    # both levels ran seeds 1, 2 and 3: the verdict is the seed-by-seed test's, Welch's beside
+    assert val["test"] == "paired_by_seed"
+    pd, pci, pp = textbook_paired(false_vals, true_vals)
     sentence = (
-        f"pre_norm=False raises val/loss by {diff:.2f} compared with pre_norm=True "
-        f"(95% CI {ci[0]:.2f} to {ci[1]:.2f}, p = {p:.2g}, 3 seeds each)"
+        f"pre_norm=False raises val/loss by {pd:.2f} compared with pre_norm=True "
+        f"(95% CI {pci[0]:.2f} to {pci[1]:.2f}, p = {pp:.2g}, seed by seed, 3 seeds): "
+        "larger than seed noise"
     )
     assert val["verdict"] == sentence and sentence in text
+    assert val["other_test"] == (
+        f"Welch's test (each job as independent): {diff:+.2f} (95% CI {ci[0]:+.2f} to "
+        f"{ci[1]:+.2f}, p = {p:.2g})"
+    )
+    assert f"{sentence}. *Beside it, {val['other_test']}.*" in text
     assert (
         "## Groups" in text and "## Comparisons" in text and "| 0 | pre_norm=True, seed=1 |" in text
     )
@@ -267,9 +283,13 @@ def test_a_2x2_grid_compares_main_effects_pooled_over_the_other_factor(tmp_path)
     warm = by_factor["scheduler.warmup_fraction"]
     assert (warm["a"], warm["b"]) == (0.1, 0.0)
     assert warm["diff"] == pytest.approx(0.02)
-    # Welch's test counts the seeds' noise; seed by seed it cancels: each seed gains 0.02
-    assert "not distinguishable from seed noise; but the jobs share seeds" in warm["verdict"]
+    # Welch's test counts the seeds' noise; seed by seed it cancels: each seed gains 0.02.
+    # Both levels ran the same seeds: one verdict, the seed-by-seed test's, Welch's beside it
+    assert warm["test"] == "paired_by_seed"
     assert warm["verdict"].endswith("larger than seed noise")
+    assert "not distinguishable" not in warm["verdict"]
+    assert warm["other_test"].startswith("Welch's test (each job as independent): +0.02")
+    assert warm["ci95"][0] < 0 < warm["ci95"][1]  # Welch's own interval, as data
     assert "main effect" in text
 
 
@@ -309,12 +329,15 @@ def test_jobs_that_share_seeds_are_also_compared_seed_by_seed(tmp_path):
     assert pair["diff"] == pytest.approx(diff) and pair["ci95"] == pytest.approx(list(ci))
     assert pair["p_value"] == pytest.approx(p) and p > 0.05
     assert pre["p_value"] < 0.05  # Welch, over 6 jobs a side
-    assert pre["verdict"].startswith("pre_norm=False raises val/loss by")
-    assert "but the jobs share seeds, and seed by seed (3 seeds)" in pre["verdict"]
+    # one verdict, from the test that fits the design (the same seeds: seed by seed)
+    assert pre["test"] == "paired_by_seed"
+    assert pre["verdict"].startswith("pre_norm=False vs pre_norm=True: val/loss differs by")
+    assert "seed by seed, 3 seeds" in pre["verdict"] and "raises" not in pre["verdict"]
     assert pre["verdict"].endswith("not distinguishable from seed noise")
-    # where the two agree, the verdict is Welch's alone
+    assert pre["other_test"].startswith("Welch's test (each job as independent)")
+    assert pre["distinguishable"] is False
     warm = by_factor["scheduler.warmup_fraction"]
-    assert warm["paired_by_seed"]["seeds"] == [1, 2, 3] and "seed by seed" not in warm["verdict"]
+    assert warm["paired_by_seed"]["seeds"] == [1, 2, 3] and warm["test"] == "paired_by_seed"
 
 
 def test_paired_matches_the_textbook_and_needs_two_pairs_with_spread():
@@ -342,7 +365,7 @@ def test_a_factor_with_three_levels_is_compared_with_its_first_listed_level(tmp_
     for c, level in zip(val, ("3e-4", "1e-4"), strict=True):
         diff, ci, _ = textbook_welch(values[level], values["1e-3"])
         assert c["diff"] == pytest.approx(diff) and c["ci95"] == pytest.approx(list(ci))
-    assert "compared with the baseline `lr=1e-3`, the first listed" in text
+    assert "compared with the baseline `lr=1e-3`." in text
 
 
 def test_a_numeric_factor_of_three_levels_or_more_is_plotted_against(tmp_path):
@@ -468,24 +491,38 @@ DAMAGED_OVERRIDES = {
 
 @pytest.mark.parametrize("kind", list(DAMAGED_OVERRIDES))
 def test_a_damaged_overrides_file_is_named_with_the_fix(tmp_path, kind):
+    """The job is in no group and named under "Could not read", with the fix; the others are
+    reported."""
     content, words = DAMAGED_OVERRIDES[kind]
     sweep = make_sweep(tmp_path, [(["seed=1"], 3.0), (["seed=2"], 3.1)])
     overrides = sweep / "1" / ".hydra" / "overrides.yaml"
     overrides.write_text(content)
-    with pytest.raises(UserError) as error:
-        collect_jobs(sweep)
-    message = str(error.value)
-    assert "\n" not in message and message.startswith(f"Cannot read {overrides}: ")
-    assert "hydra.overrides.task" in message
+    jobs, _ = collect_jobs(sweep)
+    assert [job.overrides_known for job in jobs] == [True, False]
+    (note,) = jobs[1].unreadable
+    assert note.path == "1/.hydra/overrides.yaml"
+    assert "hydra.overrides.task" in note.effect and "in no group" in note.effect
     for word in words:
-        assert word in message
+        assert word in note.problem
+    text, data = report(sweep)
+    assert data["unreadable"] == [
+        {"path": note.path, "problem": note.problem, "effect": note.effect}
+    ]
+    assert "## ⚠ Could not read (1)" in text and "`1/.hydra/overrides.yaml`" in text
+    assert [g["seeds"] for g in data["groups"]] == [[1]]
 
 
 def test_bad_input_through_the_entry_point_is_one_line(tmp_path):
     sweep = make_sweep(tmp_path, [(["seed=1"], 3.0), (["seed=2"], 3.1)])
     overrides = sweep / "1" / ".hydra" / "overrides.yaml"
     overrides.write_text(DAMAGED_OVERRIDES["not_yaml"][0])
-    one_error_line(run_cli("training/report.py", str(sweep)), f"Cannot read {overrides}")
+    out = run_cli("training/report.py", str(sweep))
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    (warning,) = out.stderr.strip().splitlines()
+    assert warning.startswith("warning: 1 thing(s) could not be read, first 1/.hydra/overrides")
+    # usage errors of argparse are the same one line
+    for args in ([], ["--nope", str(sweep)], [str(sweep), "--out"]):
+        one_error_line(run_cli("training/report.py", *args), "training/report.py --help")
     (tmp_path / "empty").mkdir()
     one_error_line(run_cli("training/report.py", str(tmp_path / "empty")), "holds no jobs")
     (tmp_path / "a_file").write_text("")
@@ -502,7 +539,7 @@ def test_a_single_run_directory_gives_a_run_report(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "(1 job, a single run)" in out.stdout and "sweep" not in out.stdout.lower()
     text = (run / "report.md").read_text()
-    assert text.startswith(f"# Run report: {run}\n") and "1 job: the run in" in text
+    assert text.startswith("# Run report: run\n") and "1 job: the run in `run`" in text
     assert "sweep" not in text.lower() and "## Comparisons" not in text
     data = json.loads((run / "report.json").read_text())
     assert data["groups"][0]["seeds"] == [7] and data["comparisons"] == []
@@ -540,7 +577,9 @@ def test_a_continued_run_is_reported_whole(tmp_path):
     assert [step for step, _ in job.val_curve] == [4, 8, 12]
     assert job.val_curve == whole.val_curve
     text, _ = report(tmp_path / "third")
-    assert f"`{tmp_path / 'first'}` (to step 6) → `{tmp_path / 'second'}` (to step 12)" in text
+    # paths from the report's directory, none of this machine
+    assert "`../first` (to step 6) → `../second` (to step 12)" in text
+    assert str(tmp_path) not in text
 
 
 def test_the_report_loads_no_lightning(tmp_path):
@@ -554,6 +593,288 @@ def test_the_report_loads_no_lightning(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+# ----------------------------------------------------------------------------- runs compared
+
+
+def make_runs(root: Path) -> Path:
+    """A directory of runs named by time, as `run_experiment.py` without -m leaves them: the
+    defaults (lr 0.0006 in its config), one with a higher lr, one with more layers."""
+    runs = root / "runs"
+    config = {"seed": 1337, "optimizer": {"lr": 0.0006}, "model": {"n_layer": 3}}
+    make_job(runs, "2026-12-06_10-00-00_000001", [], 3.00, 4.0, config=config)
+    make_job(runs, "2026-12-06_10-05-00_000002", ["optimizer.lr=1e-3"], 3.09, 4.0, config=config)
+    deeper = {**config, "model": {"n_layer": 6}}
+    make_job(runs, "2026-12-06_10-10-00_000003", ["model.n_layer=6"], 1.20, 4.0, config=deeper)
+    return runs
+
+
+def test_runs_given_one_by_one_or_as_their_directory_are_compared_with_the_defaults(tmp_path):
+    runs = make_runs(tmp_path)
+    first, second, _ = sorted(runs.iterdir())
+    out = run_cli("training/report.py", str(first), str(second))
+    assert out.returncode == 0 and out.stderr == "", out.stderr[-3000:]
+    assert f"wrote {runs / 'report.md'}" in out.stdout  # into the folder that holds them
+    data = json.loads((runs / "report.json").read_text())
+    assert [g["label"] for g in data["groups"]] == ["lr=0.0006 (default)", "lr=1e-3"]
+    assert data["groups"][0]["defaults"] == ["optimizer.lr"]
+    (val,) = [c for c in data["comparisons"] if c["metric"] == "val/loss"]
+    assert (val["a"], val["b"], val["b_is_default"]) == (1e-3, 0.0006, True)
+    assert val["diff"] == pytest.approx(0.09)
+    text = (runs / "report.md").read_text()
+    body = text.split("\n", 1)[1]  # (the title names the folders given)
+    assert "(not set)" not in text and "2026-12-06" not in body.split("## Jobs")[0]
+    samples = text.split("## Samples")[1]
+    assert "| defaults |" in samples and "| lr=1e-3 |" in samples  # named by what they are
+
+    # the directory of runs: the third run differs from the lr run in two ways; lr is
+    # compared where n_layer is the same (its effect as before), the 6-layer run is named as
+    # left out, never pooled into lr's baseline (which would make the difference -0.81)
+    text, data = report(runs)
+    by_factor = {c["factor"]: c for c in data["comparisons"] if c["metric"] == "val/loss"}
+    lr = by_factor["optimizer.lr"]
+    assert lr["diff"] == pytest.approx(0.09) and lr["context"] == {"model.n_layer": 3}
+    assert lr["left_out"] == ["lr=0.0006 (default), n_layer=6"]
+    assert "with n_layer=3 (default)" in lr["verdict"]
+    n_layer = by_factor["model.n_layer"]
+    assert n_layer["diff"] == pytest.approx(-1.8) and n_layer["left_out"] == [
+        "lr=1e-3, n_layer=3 (default)"
+    ]
+    assert "Not compared (no partner that differs in `lr` alone)" in text
+
+
+def test_runs_that_differ_in_every_way_are_not_compared(tmp_path):
+    runs = tmp_path / "runs"
+    make_job(runs, "a", ["optimizer.lr=1e-3", "model.n_layer=6"], 3.0, 4.0)
+    make_job(runs, "b", ["optimizer.lr=1e-4", "model.n_layer=4"], 3.5, 4.0)
+    _, data = report(runs)
+    for c in (c for c in data["comparisons"] if c["metric"] == "val/loss"):
+        assert c["diff"] is None and "differ in more than one way" in c["missing"], c
+
+
+def test_the_report_opens_with_a_summary_of_each_factor_on_the_main_metric(tmp_path):
+    bpb = {("True", 1): 2.0, ("True", 2): 2.1, ("False", 1): 2.6, ("False", 2): 2.8}
+    sweep = tmp_path / "sweep"
+    for n, ((pre, seed), value) in enumerate(bpb.items()):
+        make_job(
+            sweep,
+            str(n),
+            [f"model.pre_norm={pre}", f"seed={seed}"],
+            value * 0.7,
+            summary_extra={"metrics": {"val/bpb": value}},
+        )
+    text, data = report(sweep)
+    summary = text.split("## Summary")[1].split("\n## ")[0]
+    assert text.index("## Summary") < text.index("## Groups") < text.index("## Comparisons")
+    assert "On val/bpb (bits per byte" in summary
+    (item,) = data["summary"]
+    assert data["main_metric"] == "val/bpb" and item["metric"] == "val/bpb"
+    assert item["diff"] == pytest.approx(0.65) and item["test"] == "paired_by_seed"
+    assert f"- **pre_norm**: {item['verdict']}." in summary
+    assert item["verdict"].startswith("pre_norm=False raises val/bpb by 0.65")
+    # val/bpb is compared like every metric, and in the table
+    assert any(c["metric"] == "val/bpb" for c in data["comparisons"])
+    assert "### val/bpb" in text and "| val bpb |" in text
+
+
+def test_a_short_run_draws_bars_not_a_band_of_one_point(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from llm_scratch.report.write import _plot_group
+
+    sweep = tmp_path / "sweep"
+    for seed, value in ((1, 3.0), (2, 3.4)):
+        make_job(sweep, str(seed), [f"seed={seed}"], value, val_curve=[value])
+    (group,) = group_jobs(collect_jobs(sweep)[0])
+    fig, ax = plt.subplots()
+    assert _plot_group(ax, group, "val", smooth=False) == "bars"
+    (bars,) = ax.containers  # one error bar, from the lowest seed to the highest
+    assert bars.lines[0].get_ydata().tolist() == pytest.approx([3.2])
+    plt.close(fig)
+    fig, ax = plt.subplots()
+    for seed, value in ((1, 3.0), (2, 3.4)):
+        (sweep / str(seed) / "metrics.csv").write_text(
+            f"epoch,step,train/loss,val/loss\n0,1,,{value + 1}\n0,2,,{value}\n"
+        )
+    (group,) = group_jobs(collect_jobs(sweep)[0])
+    assert _plot_group(ax, group, "val", smooth=False) == "band"
+    plt.close(fig)
+
+
+def test_the_report_console_is_quiet_with_labels_too_long_for_the_plot(tmp_path):
+    long = "x" * 400
+    sweep = make_sweep(
+        tmp_path,
+        [([f"+tag={long}{n}", f"seed={s}"], 3.0 + n + s / 10) for n in range(3) for s in (1, 2)],
+    )
+    out = run_cli("training/report.py", str(sweep))
+    assert out.returncode == 0 and out.stderr == "", out.stderr[-3000:]
+    assert (sweep / "train_loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_report_names_the_dataset_and_writes_no_absolute_path(tmp_path):
+    dataset = {"path": str(tmp_path / "data" / "code-shards"), "fingerprint": "9f3c2a"}
+    sweep = tmp_path / "sweep"
+    for n, lr in enumerate(("1e-3", "1e-4")):
+        make_job(
+            sweep,
+            str(n),
+            [
+                f"paths.log_dir={tmp_path / 'outputs'}",
+                f"data.path={dataset['path']}",
+                f"optimizer.lr={lr}",
+            ],
+            3.0 + n,
+            summary_extra={"dataset": dataset},
+        )
+    make_job(
+        sweep,
+        "2",
+        ["optimizer.lr=1e-5"],
+        val_curve=[5.0],
+        finished=False,
+        output=f"error: cannot write {sweep / '2' / 'checkpoints'}\n",
+    )
+    text, data = report(sweep)
+    assert "Dataset: `code-shards` (fingerprint `9f3c2a`), jobs 0, 1." in text
+    assert data["datasets"][0] == {
+        "name": "code-shards",
+        "fingerprint": "9f3c2a",
+        "jobs": ["0", "1"],
+    }
+    both = text + json.dumps(data)
+    assert str(tmp_path) not in both and "/tmp" not in both
+    assert "log_dir=<sweep dir>/../outputs" in text
+    assert data["groups"][0]["overrides"]["paths.log_dir"] == "<sweep dir>/../outputs"
+    assert "error: cannot write <sweep dir>/2/checkpoints" in text
+
+
+# ----------------------------------------------------------------------------- what cannot be read
+
+NESTED = "[" * 100_000
+SUMMARY = {"metrics": {"val/loss": 3.0}, "num_params": 1000}
+# (file of job 1, what it holds, whether the report must name it); bytes are written as they
+# are, None makes a folder in its place, "missing" deletes it
+MALFORMED = {
+    "summary null": ("summary.json", "null", True),
+    "summary string": ("summary.json", '"done"', True),
+    "summary list": ("summary.json", "[1, 2]", True),
+    "summary nested": ("summary.json", NESTED, True),
+    "summary truncated": ("summary.json", '{"metrics": {"val/lo', True),
+    "summary empty": ("summary.json", "", True),
+    "summary not utf-8": ("summary.json", b'{"metrics": {"val/loss": 3.0}, "x": "\xff"}', True),
+    "summary folder": ("summary.json", None, True),
+    "metrics null": ("summary.json", {"metrics": None}, True),
+    "metrics string": ("summary.json", {"metrics": "3.0"}, True),
+    "metrics list": ("summary.json", {"metrics": [3.0]}, True),
+    "metric string": ("summary.json", {"metrics": {"val/loss": "3.0"}}, True),
+    "metric nested": ("summary.json", {"metrics": {"val/loss": {"mean": 3.0}}}, True),
+    "metric bool": ("summary.json", {"metrics": {"val/loss": True}}, True),
+    "num_params string": ("summary.json", {**SUMMARY, "num_params": "many"}, True),
+    "num_params list": ("summary.json", {**SUMMARY, "num_params": [1]}, True),
+    "tokens_per_sec nested": ("summary.json", {**SUMMARY, "tokens_per_sec": {"a": 1}}, True),
+    "continued_from string": ("summary.json", {**SUMMARY, "continued_from": "0"}, True),
+    "continued_from bad step": (
+        "summary.json",
+        {**SUMMARY, "continued_from": {"checkpoint": "x.ckpt", "global_step": "3"}},
+        True,
+    ),
+    "continued_from gone": (
+        "summary.json",
+        {**SUMMARY, "continued_from": {"checkpoint": "/nowhere/last.ckpt", "global_step": 3}},
+        True,
+    ),
+    "dataset list": ("summary.json", {**SUMMARY, "dataset": ["a"]}, True),
+    "metrics.csv folder": ("metrics.csv", None, True),
+    "metrics.csv missing": ("metrics.csv", "missing", True),
+    "metrics.csv not utf-8": ("metrics.csv", b"epoch,step,train/loss,val/loss\n0,1,\xff,\n", True),
+    "metrics.csv nul": ("metrics.csv", b"epoch,step,train/loss\x00\n0,1,3.0\n", False),
+    "metrics.csv no step": ("metrics.csv", "a,b\n1,2\n", True),
+    "samples folder": ("samples.jsonl", None, True),
+    "samples not utf-8": ("samples.jsonl", b'{"text": "\xfe"}\n', True),
+    "samples null lines": ("samples.jsonl", "null\n[1]\n" + NESTED + "\n", True),
+    "samples text not string": ("samples.jsonl", '{"text": {"a": 1}}\n', True),
+    "overrides folder": (".hydra/overrides.yaml", None, True),
+    "overrides missing": (".hydra/overrides.yaml", "missing", True),
+    "overrides not utf-8": (".hydra/overrides.yaml", b"- seed=\xff\n", True),
+    "overrides string": (".hydra/overrides.yaml", "seed=2\n", True),
+    "overrides nested": (".hydra/overrides.yaml", NESTED, True),
+    "overrides null": (".hydra/overrides.yaml", "null\n", False),
+    "config list": (".hydra/config.yaml", "- 1\n", True),
+    "config folder": (".hydra/config.yaml", None, True),
+    "config not utf-8": (".hydra/config.yaml", b"seed: \xff\n", True),
+    "config nested": (".hydra/config.yaml", NESTED, True),
+    "hydra.yaml string": (".hydra/hydra.yaml", "hydra\n", True),
+    "hydra.yaml odd choices": (".hydra/hydra.yaml", "hydra: {runtime: {choices: [1]}}\n", False),
+    "job_output.log folder": ("job_output.log", None, False),
+}
+
+
+def _put(path: Path, content) -> None:
+    if path.is_dir():
+        path.rmdir()
+    elif path.exists():
+        path.unlink()
+    if content is None:
+        path.mkdir(parents=True)
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    elif isinstance(content, dict):
+        path.write_text(json.dumps(content))
+    elif content != "missing":
+        path.write_text(content)
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_every_malformed_file_is_named_not_a_traceback(tmp_path, case):
+    """Whatever a run's directory holds, the report is written (exit 0) and names each file
+    it could not use, with the problem and what it did without it."""
+    file, content, named = MALFORMED[case]
+    sweep = make_sweep(
+        tmp_path,
+        [
+            ([f"model.pre_norm={p}", f"seed={s}"], 3.0 + s / 10)
+            for p in (True, False)
+            for s in (1, 2)
+        ],
+    )
+    _put(sweep / "1" / file, content)
+    text, data = report(sweep)
+    paths = [entry["path"] for entry in data["unreadable"]]
+    if named:
+        assert f"1/{file}" in paths, data["unreadable"]
+        assert "## ⚠ Could not read" in text and f"`1/{file}`" in text
+    else:
+        assert f"1/{file}" not in paths, data["unreadable"]
+    for entry in data["unreadable"]:
+        assert entry["problem"] and entry["effect"] and not entry["path"].startswith("/")
+
+
+SWEEP_MANIFESTS = {
+    "a deleted job": (
+        {"jobs": [{"num": n, "dir": str(n), "overrides": []} for n in range(3)]},
+        "lists job 2, whose folder is missing",
+    ),
+    "null": ("null", 'no list of "jobs"'),
+    "a list": ("[1]", 'no list of "jobs"'),
+    "odd entries": ({"jobs": [None, {"dir": "../elsewhere"}, {"num": 0}]}, "a job entry is null"),
+    "not utf-8": (b"\xff\xfe", "not UTF-8"),
+    "a folder": (None, "a folder, not a file"),
+}
+
+
+@pytest.mark.parametrize("case", list(SWEEP_MANIFESTS))
+def test_a_job_listed_in_sweep_json_but_gone_is_named(tmp_path, case):
+    content, problem = SWEEP_MANIFESTS[case]
+    sweep = make_sweep(tmp_path, [(["seed=1"], 3.0), (["seed=2"], 3.1)])
+    _put(sweep / "sweep.json", content)
+    text, data = report(sweep)
+    entry = data["unreadable"][0]
+    assert entry["path"] == "sweep.json" and problem in entry["problem"], entry
+    assert {e["path"] for e in data["unreadable"]} == {"sweep.json"}
+    assert "## ⚠ Could not read" in text
+    assert [g["seeds"] for g in data["groups"]] == [[1, 2]]
 
 
 # ----------------------------------------------------------------------------- a real sweep

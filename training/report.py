@@ -1,10 +1,11 @@
-"""Turn a sweep into a report: ``python training/report.py <multirun dir> [--out DIR]``.
+"""Compare runs: ``python training/report.py <sweep dir | run dir | dir of runs> [more ...] [--out DIR]``.
 
-Writes report.md (the jobs pooled into groups that differ only in seed, with mean, sd and 95%
-interval per group; each factor's comparison with Welch's interval and t-test and a verdict; a
+Writes report.md (a summary of each factor's effect with its verdict; the jobs pooled into
+groups that differ only in seed, with mean, sd and 95% interval per group; each factor's
+comparisons, seed by seed where the levels ran the same seeds and Welch's test otherwise; a
 table with one row per job; the loss curves, one per group; one sample per job), report.json
-(the same figures for scripts) and the PNG plots into the multirun directory, or into --out.
-A single run's directory gives that run's report.
+(the same figures for scripts) and the PNG plots. One directory: written there; several: into
+the folder that holds them all; or into --out. What could not be read is named in the report.
 """
 
 import argparse
@@ -12,27 +13,57 @@ import sys
 from pathlib import Path
 
 from llm_scratch.errors import UserError, report_user_error
-from llm_scratch.report import collect_jobs, write_report
+from llm_scratch.report import collect, write_report
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as the package's one ``error:`` line (exit 2)."""
+
+    def error(self, message: str) -> None:
+        raise UserError(f"{message}; see `python training/report.py --help`.")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "dirs",
+        type=Path,
+        nargs="+",
+        metavar="DIR",
+        help="a sweep's multirun directory, a run's directory, or a directory of runs; "
+        "several are compared together",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where to write (default: the one DIR, or the folder that holds them all)",
+    )
+    parser.add_argument("--title", default=None, help="the report's title")
+    return parser
+
+
+def _title(dirs: list[Path], single_run: bool) -> str:
+    names = ", ".join(d.resolve().name or str(d) for d in dirs)
+    if single_run:
+        return f"Run report: {names}"
+    return f"{'Sweep report' if len(dirs) == 1 else 'Report'}: {names}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "sweep_dir", type=Path, help="the multirun directory of a sweep (or one run's directory)"
-    )
-    parser.add_argument(
-        "--out", type=Path, default=None, help="where to write (default: sweep_dir)"
-    )
-    parser.add_argument("--title", default=None, help="the report's title")
-    args = parser.parse_args(argv)
     try:
-        jobs, shared = collect_jobs(args.sweep_dir)
-        # the directory of one run, not a sweep's (whose jobs are its sub-folders)
-        single_run = [job.path for job in jobs] == [args.sweep_dir]
-        kind = "Run report" if single_run else "Sweep report"
-        title = args.title or f"{kind}: {args.sweep_dir}"
+        args = _parser().parse_args(argv)
+        collection = collect(args.dirs)
+        jobs, single_run = collection.jobs, collection.single_run
+        out = args.out or collection.base
         path = write_report(
-            jobs, shared, args.out or args.sweep_dir, title=title, single_run=single_run
+            jobs,
+            collection.shared,
+            out,
+            title=args.title or _title(args.dirs, single_run),
+            single_run=single_run,
+            unreadable=collection.unreadable,
+            base=out,
         )
     except UserError as error:
         return report_user_error(error)
@@ -42,10 +73,18 @@ def main(argv: list[str] | None = None) -> int:
     else:
         counts = f"{len(jobs)} job{'s' if len(jobs) != 1 else ''}, {finished} finished"
     print(f"wrote {path} and {path.with_name('report.json').name} ({counts})")
+    problems = collection.all_unreadable
+    if problems:
+        print(
+            f"warning: {len(problems)} thing(s) could not be read, first {problems[0].path}: "
+            f"{problems[0].problem}; report.md lists them under 'Could not read'",
+            file=sys.stderr,
+        )
     if not finished:
         what = "the run" if single_run else "no job"
+        where = " ".join(str(d) for d in args.dirs)
         print(
-            f"warning: {what} in {args.sweep_dir} has {'not ' if single_run else ''}finished "
+            f"warning: {what} in {where} has {'not ' if single_run else ''}finished "
             "(no summary.json): the report shows the curves logged so far and no statistics",
             file=sys.stderr,
         )

@@ -6,6 +6,7 @@ import io
 import json
 import math
 import re
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -14,10 +15,16 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
 from llm_scratch.errors import UserError  # noqa: E402
-from llm_scratch.report.collect import BEST_VAL_LOSS, JobResult, parse_value  # noqa: E402
+from llm_scratch.report.collect import (  # noqa: E402
+    BASE_NAME,
+    BEST_VAL_LOSS,
+    JobResult,
+    Unreadable,
+    relative_path,
+)
 from llm_scratch.report.groups import (  # noqa: E402
     METRICS,
-    NOT_SET,
+    PAIRED,
     Comparison,
     Group,
     compare,
@@ -25,6 +32,9 @@ from llm_scratch.report.groups import (  # noqa: E402
     factors,
     format_p,
     group_jobs,
+    level_value,
+    main_metric,
+    metrics_present,
     report_data,
 )
 from llm_scratch.utils.io import atomic_write_bytes, atomic_write_text  # noqa: E402
@@ -52,13 +62,14 @@ def _smoothed(points: list[tuple[int, float]], smooth: bool) -> dict[int, float]
     return dict(zip(steps, _ema(values) if smooth else values, strict=True))
 
 
-def _plot_group(ax, group: Group, curve: str, smooth: bool) -> bool:
+def _plot_group(ax, group: Group, curve: str, smooth: bool) -> str | None:
     """The group's curve: a single job's as it is (a moving average over the faint raw curve
     when smoothed); several seeds' mean at each step they all logged, with a band from their
-    minimum to their maximum. True if a band was drawn."""
+    minimum to their maximum, or, where they share fewer than 2 steps (a short run), a bar
+    from the minimum to the maximum at each. "band" or "bars" if one was drawn."""
     curves = [points for job in group.finished if (points := getattr(job, f"{curve}_curve"))]
     if not curves:
-        return False
+        return None
     marker = "o" if max(len(c) for c in curves) < 30 else None
     if len(curves) == 1:
         steps, values = zip(*curves[0], strict=True)
@@ -67,27 +78,36 @@ def _plot_group(ax, group: Group, curve: str, smooth: bool) -> bool:
             ax.plot(steps, values, color=line.get_color(), alpha=0.2, linewidth=0.8)
         else:
             ax.plot(steps, values, label=group.label, marker=marker)
-        return False
+        return None
     by_step = [_smoothed(points, smooth) for points in curves]
     steps = sorted(set.intersection(*(set(c) for c in by_step)))
     if not steps:  # the seeds logged at different steps: no mean to take, show each
         for job, points in zip(group.finished, curves, strict=False):
-            ax.plot(*zip(*points, strict=True), label=f"{group.label} (job {job.path.name})")
-        return False
+            ax.plot(*zip(*points, strict=True), label=f"{group.label} (job {job.name})", marker="o")
+        return None
     per_step = [[c[step] for c in by_step] for step in steps]
     mean = [sum(values) / len(values) for values in per_step]
     label = f"{group.label} (mean of {len(curves)} seeds)"
-    line = ax.plot(steps, mean, label=label, marker=marker, linewidth=1.5)[0]
     lows, highs = [min(v) for v in per_step], [max(v) for v in per_step]
+    if len(steps) < 2:  # one point: a band of one step draws nothing
+        below = [m - lo for m, lo in zip(mean, lows, strict=True)]
+        above = [hi - m for m, hi in zip(mean, highs, strict=True)]
+        ax.errorbar(steps, mean, yerr=[below, above], label=label, marker="o", capsize=4)
+        return "bars"
+    line = ax.plot(steps, mean, label=label, marker=marker, linewidth=1.5)[0]
     ax.fill_between(steps, lows, highs, color=line.get_color(), alpha=0.2, linewidth=0)
-    return True
+    return "band"
 
 
 def _save_png(fig, path: Path) -> None:
-    """The figure as a PNG at ``path``, written whole or not at all; the figure is closed."""
-    fig.tight_layout()
+    """The figure as a PNG at ``path``, written whole or not at all; the figure is closed.
+    Long labels that tight_layout cannot fit are kept whole by saving with a tight bounding
+    box instead, without matplotlib's warning on the console."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Tight layout not applied")
+        fig.tight_layout()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
+    fig.savefig(buffer, format="png", bbox_inches="tight")
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
 
@@ -103,17 +123,21 @@ def plot_curves(
     # long, noisy training curves: a moving average (over the faint raw curve of a single job)
     smooth = curve == "train" and max(len(points) for points in all_curves) > 60
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    banded = [_plot_group(ax, group, curve, smooth) for group in groups]
+    drawn = [_plot_group(ax, group, curve, smooth) for group in groups]
     for job in unfinished:
         points = getattr(job, f"{curve}_curve")
         if points:
             steps, values = zip(*points, strict=True)
-            ax.plot(steps, values, linestyle="--", label=f"{job.label} (did not finish)")
+            marker = "o" if len(points) < 2 else None
+            ax.plot(
+                steps, values, linestyle="--", marker=marker, label=f"{job.label} (did not finish)"
+            )
     notes = [
         note
         for note, used in (
             ("lines: moving average", smooth),
-            ("bands: min to max over seeds", any(banded)),
+            ("bands: min to max over seeds", "band" in drawn),
+            ("bars: min to max over seeds", "bars" in drawn),
         )
         if used
     ]
@@ -131,7 +155,7 @@ def numeric_factors(groups: list[Group]) -> dict[str, list[float]]:
     response to them is a curve worth drawing. Levels sorted."""
     result = {}
     for key, levels in factors(groups).items():
-        values = [parse_value(level) for level in levels]
+        values = [level_value(level) for level in levels]
         numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
         if len(levels) >= 3 and len(numbers) == len(levels):
             result[key] = sorted(numbers)
@@ -148,8 +172,8 @@ def plot_response(groups: list[Group], factor: str, metric: str, name: str, path
     for group in groups:
         if group.describe(metric).n == 0:
             continue
-        label = ", ".join(f"{names[key]}={group.setting.get(key, NOT_SET)}" for key in others)
-        lines.setdefault(label, []).append((float(parse_value(group.setting[factor])), group))
+        label = ", ".join(f"{names[key]}={group.setting[key]}" for key in others)
+        lines.setdefault(label, []).append((float(level_value(group.setting[factor])), group))
     if not lines:
         return False
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
@@ -209,26 +233,31 @@ def _table(jobs: list[JobResult]) -> list[str]:
     memory_kind = next((j.summary.get("peak_memory_kind") for j in jobs if j.summary), None)
     memory_head = "peak GPU memory (MB)" if memory_kind == "cuda_max_allocated" else "peak RSS (MB)"
     lines = [
-        f"| job | overrides | final train loss | train loss, last epoch | val loss | best val loss "
-        f"| val ppl | tokens/s | {memory_head} | parameters | wall time (s) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| job | overrides | final train loss | train loss, last epoch | val loss | val bpb "
+        f"| best val loss | val ppl | tokens/s | {memory_head} | parameters | wall time (s) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for job in jobs:
         if not job.finished:
             lines.append(
-                f"| {job.path.name} | {job.label} | {_fmt(job.last('train'))} | | "
-                f"{_fmt(job.last('val'))} | | | | | | did not finish |"
+                f"| {job.name} | {job.label} | {_fmt(job.last('train'))} | | "
+                f"{_fmt(job.last('val'))} | | | | | | | did not finish |"
             )
             continue
         s = job.summary
         lines.append(
-            f"| {job.path.name} | {job.label} | {_fmt(job.last('train'))} "
+            f"| {job.name} | {job.label} | {_fmt(job.last('train'))} "
             f"| {_fmt(job.metric('train/epoch_loss'))} | {_fmt(job.metric('val/loss'))} "
-            f"| {_fmt(job.value(BEST_VAL_LOSS))} | {_fmt(job.metric('val/ppl'), 1)} | {_fmt(s.get('tokens_per_sec'), 0)} "
-            f"| {_fmt(s.get('peak_memory_mb'), 0)} | {s.get('num_params', 0):,} "
+            f"| {_fmt(job.metric('val/bpb'))} | {_fmt(job.value(BEST_VAL_LOSS))} "
+            f"| {_fmt(job.metric('val/ppl'), 1)} | {_fmt(s.get('tokens_per_sec'), 0)} "
+            f"| {_fmt(s.get('peak_memory_mb'), 0)} | {_params(s.get('num_params'))} "
             f"| {_fmt(s.get('wall_time_s'), 0)} |"
         )
     return lines
+
+
+def _params(count: int | None) -> str:
+    return f"{count:,}" if count is not None else "–"
 
 
 def _sample_cell(text: str | None) -> str:
@@ -279,7 +308,7 @@ def _unfinished_section(jobs: list[JobResult], single_run: bool) -> list[str]:
     for job in unfinished:
         last = job.last_output_line or "–"
         last = last.replace("`", "'").replace("|", "\\|")  # stays one code span, one cell
-        lines.append(f"| {job.path.name} | {job.label} | `{last}` |")
+        lines.append(f"| {job.name} | {job.label} | `{last}` |")
     if any(not job.overrides_known for job in unfinished):
         lines += ["", "A job whose overrides are unknown is in no group."]
     return [*lines, ""]
@@ -293,18 +322,18 @@ def _interval_cell(ci: tuple[float, float] | None, digits: int = 3) -> str:
     return f"{ci[0]:.{digits}f} to {ci[1]:.{digits}f}" if ci else "–"
 
 
-def _groups_section(groups: list[Group]) -> list[str]:
+def _groups_section(groups: list[Group], metrics: list[str]) -> list[str]:
     lines = [
         "## Groups: seeds pooled",
         "",
-        "A group is the jobs whose overrides differ only in `seed`. n: its finished jobs with the metric; mean "
-        "and sd (sample standard deviation, n − 1) of their values; 95% CI of the mean: "
-        "Student's t with n − 1 degrees of freedom (none for a group of one).",
+        "A group is the jobs whose overrides differ only in `seed`. n: its finished jobs with "
+        "the metric; mean and sd (sample standard deviation, n − 1) of their values; 95% CI of "
+        "the mean: Student's t with n − 1 degrees of freedom (none for a group of one).",
         "",
     ]
-    for metric, meaning in METRICS.items():
+    for metric in metrics:
         lines += [
-            f"### {metric}: {meaning}",
+            f"### {metric}: {METRICS[metric]}",
             "",
             "| group | n | mean | sd | 95% CI of the mean | values |",
             "| --- | ---: | ---: | ---: | --- | --- |",
@@ -320,61 +349,80 @@ def _groups_section(groups: list[Group]) -> list[str]:
     return lines
 
 
-def _comparisons_section(groups: list[Group], comparisons: list[Comparison]) -> list[str]:
+def _verdict_item(c: Comparison) -> str:
+    beside = f" *Beside it, {c.other}.*" if c.other else ""
+    left = (
+        f" *Not compared (no partner that differs in `{c.factor_name}` alone): "
+        f"{'; '.join(c.left_out)}.*"
+        if c.left_out
+        else ""
+    )
+    return f"- {c.verdict}.{beside}{left}"
+
+
+def _comparisons_section(
+    groups: list[Group], comparisons: list[Comparison], metrics: list[str]
+) -> list[str]:
     lines = ["## Comparisons: which differences are larger than seed noise", ""]
     varied = factors(groups)
     if not varied:
         return [*lines, "The jobs differ only in seed: one setting, nothing to compare.", ""]
     names = factor_names(varied)
     lines += [
-        "For each factor the sweep varies, its first level as listed (the baseline, b) against "
-        "each other level (a): a − b is the difference of their means, each finished job (one "
-        "seed of one setting) counting once; 95% CI: Welch's interval (Welch–Satterthwaite "
-        "degrees of freedom); p: Welch's two-sided t-test. Where the interval contains 0, the "
-        "difference is not distinguishable from seed noise. An interval needs at least 2 "
-        "values on each side.",
+        "For each factor, its baseline b (the defaults where some runs did not set it, else "
+        "the first level listed) against each other level a: a − b is the difference of their "
+        "means. Each comparison has one verdict, from the test that fits the design:",
         "",
-        "Seed by seed: where both levels ran the same seeds, each seed's mean at a minus its "
-        "mean at b (over the other factors' levels), with Student's t interval of their mean "
-        "and the paired t-test. Jobs of one seed share their data order and, where the "
-        "settings allow, their initial weights, so they are alike and not independent draws: "
-        "Welch's test, which counts every job, is then too sure, and the seed-by-seed "
-        "comparison, whose unit is one seed, is the one to go by. A verdict says so where the "
-        "two disagree.",
+        "- **seed by seed** where both levels ran the same seeds: each seed's value at a minus "
+        "its value at b (its mean over the other factors' levels), Student's t interval and "
+        "the paired t-test. Jobs of one seed share their data order and, where the settings "
+        "allow, their initial weights, so they are not independent draws; pairing them takes "
+        "that into account;",
+        "- **Welch** otherwise: every finished job one independent value, Welch's interval "
+        "(Welch–Satterthwaite degrees of freedom) and two-sided t-test.",
+        "",
+        "The other test's figures stand beside the verdict, labelled, and both are in the "
+        "table. Where the verdict's 95% interval contains 0, the difference is not "
+        "distinguishable from seed noise. An interval needs at least 2 values on each side.",
         "",
     ]
     if len(varied) > 1:
         lines += [
-            f"The sweep varies {len(varied)} factors "
-            f"({', '.join(f'`{names[k]}`' for k in varied)}): each comparison pools all jobs at "
-            "a level over the other factors' levels, so in a factorial grid it is that factor's "
-            "main effect, and the other factors' effects count as noise (a wider interval).",
+            f"The jobs vary {len(varied)} factors "
+            f"({', '.join(f'`{names[k]}`' for k in varied)}). A comparison holds the others "
+            "fixed: where every setting of the others was run at both levels (a factorial "
+            "grid) it pools all jobs at a level, the factor's main effect, the other factors' "
+            "effects counting as noise (a wider interval); where not, it compares only runs "
+            "that differ in this factor alone, one comparison per setting of the others, and "
+            "names the runs left without such a partner.",
             "",
         ]
     for key, levels in varied.items():
         if len(levels) > 2:
             lines += [
                 f"`{names[key]}` has {len(levels)} levels: each is compared with the baseline "
-                f"`{names[key]}={levels[0]}`, the first listed.",
+                f"`{names[key]}={levels[0]}`.",
                 "",
             ]
-    for metric, meaning in METRICS.items():
+    for metric in metrics:
         of_metric = [c for c in comparisons if c.metric == metric]
-        lines += [f"### {metric}: {meaning}", ""]
-        lines += [f"- {c.verdict}" for c in of_metric]
+        lines += [f"### {metric}: {METRICS[metric]}", ""]
+        lines += [_verdict_item(c) for c in of_metric]
         lines += [
             "",
-            "| factor | a | b (baseline) | a − b | 95% CI | p | n a | n b "
-            "| seed by seed: a − b | 95% CI | p | seeds |",
-            "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
+            "| factor | a | b (baseline) | other factors | verdict's test | Welch: a − b | 95% CI "
+            "| p | n a | n b | seed by seed: a − b | 95% CI | p | seeds |",
+            "| --- | --- | --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: "
+            "| ---: |",
         ]
         for c in of_metric:
             pair = c.paired
             lines.append(
-                f"| {c.factor_name} | {c.a} | {c.b} | {_diff_cell(c.diff)} "
-                f"| {_interval_cell(c.ci95)} | {_p_cell(c.p_value)} | {c.n_a} | {c.n_b} "
-                f"| {_diff_cell(pair and pair.diff)} | {_interval_cell(pair and pair.ci95)} "
-                f"| {_p_cell(pair and pair.p_value)} | {len(c.paired_seeds) or '–'} |"
+                f"| {c.factor_name} | {c.a} | {c.b} | {c.context_text or '–'} | {c.test} "
+                f"| {_diff_cell(c.diff)} | {_interval_cell(c.ci95)} | {_p_cell(c.p_value)} "
+                f"| {c.n_a} | {c.n_b} | {_diff_cell(pair and pair.diff)} "
+                f"| {_interval_cell(pair and pair.ci95)} | {_p_cell(pair and pair.p_value)} "
+                f"| {len(c.paired_seeds) or '–'} |"
             )
         lines.append("")
     return lines
@@ -388,18 +436,107 @@ def _p_cell(p: float | None) -> str:
     return format_p(p)[2:].removeprefix("= ") if p is not None else "–"
 
 
+def _summary(
+    groups: list[Group], comparisons: list[Comparison], metric: str
+) -> tuple[list[str], list[dict]]:
+    """A few lines for the top of report.md: each factor's effect on ``metric`` with its
+    interval and the verdict; and the same as data for report.json."""
+    of_metric = [c for c in comparisons if c.metric == metric]
+    if not of_metric:
+        return [], []
+    why = (
+        "bits per byte: the same scale for any tokenizer"
+        if metric == "val/bpb"
+        else "the final validation loss"
+    )
+    lines = ["## Summary", "", f"On {metric} ({why}); lower is better.", ""]
+    data = []
+    for c in of_metric:
+        diff, ci, p = c.chosen
+        lines.append(f"- **{c.factor_name}**: {c.verdict}.")
+        data.append(
+            {
+                "factor": c.factor,
+                "a": level_value(c.a),
+                "b": level_value(c.b),
+                "context": {key: level_value(level) for key, level in c.context.items()},
+                "metric": metric,
+                "test": "paired_by_seed" if c.test == PAIRED else "welch",
+                "diff": diff,
+                "ci95": list(ci) if ci else None,
+                "p_value": p,
+                "distinguishable": c.distinguishable,
+                "verdict": c.verdict,
+            }
+        )
+    return [*lines, ""], data
+
+
+def _unreadable_section(unreadable: list[Unreadable]) -> list[str]:
+    if not unreadable:
+        return []
+    lines = [
+        f"## ⚠ Could not read ({len(unreadable)})",
+        "",
+        "What the report found but could not use, and what it did without it.",
+        "",
+        "| file | what is wrong | so |",
+        "| --- | --- | --- |",
+    ]
+    for note in unreadable:
+        cells = [_cell(note.path), _cell(note.problem), _cell(note.effect)]
+        lines.append(f"| `{cells[0]}` | {cells[1]} | {cells[2]} |")
+    return [*lines, ""]
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ").replace("`", "'")
+
+
+def _datasets(jobs: list[JobResult]) -> list[dict]:
+    """The datasets the finished jobs trained on (summary.json's ``dataset``), each with its
+    jobs: the index's folder name and fingerprint, never a path of the machine."""
+    found: dict[tuple[str, str], list[str]] = {}
+    for job in jobs:
+        if job.dataset:
+            key = (Path(job.dataset["path"]).name, job.dataset["fingerprint"])
+            found.setdefault(key, []).append(job.name)
+    return [{"name": n, "fingerprint": f, "jobs": names} for (n, f), names in found.items()]
+
+
+def _datasets_lines(datasets: list[dict], jobs: int) -> list[str]:
+    if not datasets:
+        return []
+    if len(datasets) == 1:
+        only = datasets[0]
+        which = "" if len(only["jobs"]) == jobs else f", jobs {', '.join(only['jobs'])}"
+        return [f"Dataset: `{only['name']}` (fingerprint `{only['fingerprint']}`){which}.", ""]
+    lines = ["Datasets:", ""]
+    for d in datasets:
+        lines.append(
+            f"- `{d['name']}` (fingerprint `{d['fingerprint']}`): jobs {', '.join(d['jobs'])}"
+        )
+    return [*lines, ""]
+
+
 def write_report(
     jobs: list[JobResult],
     shared: list[str],
     out_dir: Path,
     title: str = "Sweep report",
     single_run: bool = False,
+    unreadable: list[Unreadable] | None = None,
+    base: Path | None = None,
 ) -> Path:
     """Write ``report.md``, ``report.json``, ``train_loss.png`` and ``val_loss.png`` into
     ``out_dir`` (for ``single_run``, worded as one run's report, without groups and
-    comparisons); a :class:`UserError` when ``out_dir`` cannot be created or written."""
+    comparisons); paths are written relative to ``base`` (default ``out_dir``), never as
+    absolute paths of this machine. ``unreadable``: what could not be read outside any job.
+    A :class:`UserError` when ``out_dir`` cannot be created or written."""
     try:
-        return _write_report(jobs, shared, out_dir, title, single_run)
+        return _write_report(
+            jobs, shared, out_dir, title, single_run, unreadable or [], base or out_dir
+        )
     except OSError as error:
         where = error.filename if error.filename is not None else out_dir
         reason = error.strerror or str(error)
@@ -411,7 +548,7 @@ def write_report(
         ) from error
 
 
-def _continued_section(jobs: list[JobResult]) -> list[str]:
+def _continued_section(jobs: list[JobResult], base: Path) -> list[str]:
     """Which runs' curves a continued run's plots and best val loss begin with."""
     continued = [job for job in jobs if job.continued_from]
     if not continued:
@@ -419,12 +556,14 @@ def _continued_section(jobs: list[JobResult]) -> list[str]:
     lines = [
         "A continued run (`ckpt_path=` in a new directory) is shown whole: its curves, and its "
         "best val loss, begin with those of the runs it continued, up to the step it started "
-        "from.",
+        "from (paths relative to this report's directory).",
         "",
     ]
     for job in continued:
-        chain = " → ".join(f"`{run}` (to step {step})" for run, step in job.continued_from)
-        lines.append(f"- `{job.path}`: {chain} → this run")
+        chain = " → ".join(
+            f"`{relative_path(run, base)}` (to step {step})" for run, step in job.continued_from
+        )
+        lines.append(f"- `{job.name}`: {chain} → this run")
     return [*lines, ""]
 
 
@@ -432,17 +571,37 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
+def _portable(text: str, base: Path) -> str:
+    """``text`` with the report's directory, wherever it is written out in full, as
+    ``<sweep dir>`` (a job's console line, a value that slipped through)."""
+    for form in {str(base.resolve()), str(base.absolute())}:
+        if len(form) > 1:
+            text = text.replace(form, BASE_NAME)
+    return text
+
+
 def _write_report(
-    jobs: list[JobResult], shared: list[str], out_dir: Path, title: str, single_run: bool
+    jobs: list[JobResult],
+    shared: list[str],
+    out_dir: Path,
+    title: str,
+    single_run: bool,
+    unreadable: list[Unreadable],
+    base: Path,
 ) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     groups = group_jobs(jobs)
-    comparisons = compare(groups)
+    metrics = metrics_present(groups)
+    comparisons = compare(groups, metrics)
+    main = main_metric(groups)
     unfinished = [job for job in jobs if not job.finished]
+    everything_unreadable = unreadable + [note for job in jobs for note in job.unreadable]
+    datasets = _datasets(jobs)
     lines = [f"# {title}", ""]
+    summary_lines, summary_data = ([], [])
     if single_run:
-        overrides = " ".join(jobs[0].overrides) or "none"
-        lines += [f"1 job: the run in `{jobs[0].path}`. Its overrides: `{overrides}`.", ""]
+        overrides = " ".join(jobs[0].overrides) or "none (the defaults)"
+        lines += [f"1 job: the run in `{jobs[0].name}`. Its overrides: `{overrides}`.", ""]
     else:
         if shared:
             lines += [f"Settings shared by all jobs: `{' '.join(shared)}`", ""]
@@ -453,18 +612,31 @@ def _write_report(
             "`report.json`.",
             "",
         ]
-    lines += _continued_section(jobs)
+        if len(unfinished) < len(jobs):
+            summary_lines, summary_data = _summary(groups, comparisons, main)
+    lines += _datasets_lines(datasets, len(jobs))
+    if everything_unreadable:
+        lines += [
+            f"⚠ {_count(len(everything_unreadable), 'thing')} could not be read: see "
+            "[Could not read](#-could-not-read-" + str(len(everything_unreadable)) + ").",
+            "",
+        ]
+    lines += summary_lines
+    lines += _continued_section(jobs, base)
+    lines += _unreadable_section(everything_unreadable)
     lines += _unfinished_section(jobs, single_run)
     if not single_run and len(unfinished) < len(jobs):
-        lines += _groups_section(groups)
+        lines += _groups_section(groups, metrics)
         lines += _response_section(groups, out_dir)
-        lines += _comparisons_section(groups, comparisons)
+        lines += _comparisons_section(groups, comparisons, metrics)
     lines += [
         "## Run" if single_run else "## Jobs",
         "",
         "Final train loss: the last logged training batch; train loss, last epoch: its "
-        "token-weighted mean over the last epoch; best val loss: the lowest validation; val "
-        "ppl = exp(val loss). Tokens/s: over the whole training, validation included.",
+        "token-weighted mean over the last epoch; val bpb: the last validation's bits per byte "
+        "(its cross-entropy in bits over the UTF-8 bytes of the text); best val loss: the "
+        "lowest validation; val ppl = exp(val loss). Tokens/s: over the whole training, "
+        "validation included.",
         "",
         *_table(jobs),
         "",
@@ -479,13 +651,24 @@ def _write_report(
     if plotted and not single_run:
         lines += [
             "Curves: one per group, the mean over its seeds at each step with a band from their "
-            "minimum to their maximum (a group of one seed: its own curve, no band); dashed: a "
-            "job that did not finish.",
+            "minimum to their maximum (where the seeds share a single logged step, a bar from "
+            "minimum to maximum; a group of one seed: its own curve); dashed: a job that did "
+            "not finish.",
             "",
         ]
     lines += ["## Samples", "", *_samples(jobs), ""]
-    data = report_data(jobs, groups, comparisons)
-    atomic_write_text(out_dir / "report.json", json.dumps(data, indent=2, allow_nan=False) + "\n")
+    extra = {
+        "main_metric": main,
+        "summary": summary_data,
+        "datasets": datasets,
+        "unreadable": [
+            {"path": n.path, "problem": n.problem, "effect": n.effect}
+            for n in everything_unreadable
+        ],
+    }
+    data = report_data(jobs, groups, comparisons, extra)
+    text = json.dumps(data, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+    atomic_write_text(out_dir / "report.json", _portable(text, base))
     path = out_dir / "report.md"
-    atomic_write_text(path, "\n".join(lines))
+    atomic_write_text(path, _portable("\n".join(lines), base))
     return path
