@@ -3,11 +3,10 @@ of one prompt, or the answers to every prompt of a file, in left-padded batches.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -15,27 +14,36 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from llm_scratch.checkpoint import load_model, prompt_template, resolve_checkpoint
+from llm_scratch.constraints import INT64_MAX, check, enforce
 from llm_scratch.data.instruct import PromptTemplate, left_pad
 from llm_scratch.data.tokenizers import Tokenizer
 from llm_scratch.errors import UserError, report_user_error
+from llm_scratch.utils.io import parse_user_json, read_user_text
 
 
 @dataclass
 class SampleConfig:
-    ckpt_path: str = "???"
-    prompt: str = "\n"
-    prompt_file: str | None = None
+    """sample.py's options. Each one's range is declared on its field (``metadata=check(...)``,
+    llm_scratch/constraints.py) and checked, with NaN, infinity and integers beyond 64 bits,
+    before the checkpoint is read."""
+
+    ckpt_path: str = field(default="???", metadata=check(nonempty=True))
+    prompt: str = field(default="\n", metadata=check(nonempty=True))
+    prompt_file: str | None = field(default=None, metadata=check(nonempty=True))
     # every prompt of a file: one per line, or JSON Lines of instruction/input (answered in
     # batches of batch_size, each printed with its response)
-    prompts_file: str | None = None
-    batch_size: int = 8
-    num_samples: int = 1
-    max_new_tokens: int = 200
-    temperature: float = 0.8
-    top_k: int | None = 200
-    top_p: float | None = None
-    seed: int = 1337
-    device: str = "auto"
+    prompts_file: str | None = field(default=None, metadata=check(nonempty=True))
+    batch_size: int = field(default=8, metadata=check(ge=1))
+    num_samples: int = field(default=1, metadata=check(ge=1))
+    max_new_tokens: int = field(default=200, metadata=check(ge=1))
+    temperature: float = field(default=0.8, metadata=check(ge=0, why="0: greedy"))
+    top_k: int | None = field(default=200, metadata=check(ge=1, why="null: all tokens"))
+    top_p: float | None = field(default=None, metadata=check(gt=0, le=1, why="null: off"))
+    seed: int = field(default=1337, metadata=check(ge=0, le=INT64_MAX))
+    device: str = field(default="auto", metadata=check(nonempty=True))
+
+    def __post_init__(self) -> None:
+        enforce(self, "")
 
 
 # Taken verbatim: a prompt such as "ROMEO:" or "[1, 2]" is text, not YAML.
@@ -96,16 +104,26 @@ def resolve_device(name: str) -> str:
 
 def _load(cfg: SampleConfig) -> tuple[torch.nn.Module, Tokenizer, dict]:
     device = resolve_device(cfg.device)
-    if cfg.num_samples < 1:  # before loading the checkpoint: a quick answer
-        raise UserError(f"num_samples={cfg.num_samples}: ask for at least 1 sample.")
-    if cfg.batch_size < 1:
-        raise UserError(f"batch_size={cfg.batch_size}: answer at least 1 prompt at a time.")
-    # the same forms training's ckpt_path takes; `last` looks where runs go by default
-    log_dir = os.environ.get("LLM_SCRATCH_LOG_DIR", "outputs")
-    path = resolve_checkpoint(cfg.ckpt_path, "sample", log_dir)
+    path = checkpoint_path(cfg.ckpt_path)
     if Path(cfg.ckpt_path).resolve() != path.resolve():
         print(f"checkpoint: {path}", file=sys.stderr)
     return load_model(path, device=device)
+
+
+def checkpoint_path(spec: str) -> Path:
+    """The checkpoint ``ckpt_path=spec`` means: a .ckpt file; a run directory (its best
+    checkpoint, lowest val/loss, else its last.ckpt); ``last``: the latest run's last.ckpt, as
+    training's ``ckpt_path=last``; ``best``: the latest run's best checkpoint. The latest run is
+    looked for where runs go by default ($LLM_SCRATCH_LOG_DIR, else outputs/)."""
+    log_dir = os.environ.get("LLM_SCRATCH_LOG_DIR", "outputs")
+    if spec == "last":
+        return resolve_checkpoint("last", "resume", log_dir)
+    if spec == "best":
+        try:
+            return resolve_checkpoint("last", "sample", log_dir)
+        except UserError as error:
+            raise UserError(str(error).replace("ckpt_path=last", "ckpt_path=best")) from None
+    return resolve_checkpoint(spec, "sample", log_dir)
 
 
 def generate_samples(cfg: SampleConfig) -> list[str]:
@@ -113,12 +131,7 @@ def generate_samples(cfg: SampleConfig) -> list[str]:
     model, tokenizer, _ = _load(cfg)
     prompt = cfg.prompt
     if cfg.prompt_file:
-        try:
-            prompt = Path(cfg.prompt_file).read_text(encoding="utf-8")
-        except OSError as error:
-            raise UserError(
-                f"Cannot read prompt_file={cfg.prompt_file}: {error.strerror}"
-            ) from error
+        prompt = read_user_text(cfg.prompt_file, f"prompt_file={cfg.prompt_file}")
     return sample_texts(
         model,
         tokenizer,
@@ -245,12 +258,7 @@ def read_prompts(path: str, template: PromptTemplate | None) -> list[Prompt]:
     for a checkpoint trained on instructions; else one prompt per non-empty line, formatted
     with the checkpoint's template when it has one (each line an instruction, or the input
     when the template has a default instruction)."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as error:
-        raise UserError(f"Cannot read prompts_file={path}: {error.strerror}") from error
-    except UnicodeDecodeError as error:
-        raise UserError(f"prompts_file={path} is not UTF-8 text ({error.reason}).") from error
+    lines = read_user_text(path, f"prompts_file={path}").splitlines()
     numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
     if not numbered:
         raise UserError(f"prompts_file={path} has no prompts: write one per line.")
@@ -268,10 +276,7 @@ def read_prompts(path: str, template: PromptTemplate | None) -> list[Prompt]:
         )
     prompts = []
     for n, line in numbered:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise UserError(f"prompts_file={path}: line {n} is not JSON ({error.msg}).") from None
+        record = parse_user_json(line, f"prompts_file={path}: line {n}", line=True)
         if not isinstance(record, dict):
             raise UserError(f"prompts_file={path}: line {n} is not a JSON object.")
         instruction, given = record.get("instruction"), record.get("input", "")
@@ -305,8 +310,9 @@ def answer_prompts(cfg: SampleConfig) -> list[tuple[str, str]]:
 
 # What each key of SampleConfig means, for --help.
 HELP = {
-    "ckpt_path": "a run directory (its best checkpoint: lowest val/loss), a .ckpt file, or last "
-    "(the latest run under $LLM_SCRATCH_LOG_DIR or outputs/)",
+    "ckpt_path": "a run directory (its best checkpoint: lowest val/loss), a .ckpt file, last (the "
+    "latest run's last.ckpt, as training's ckpt_path=last) or best (the latest run's best "
+    "checkpoint); the latest run under $LLM_SCRATCH_LOG_DIR or outputs/",
     "prompt": "the text to continue",
     "prompt_file": "read the prompt from this file instead",
     "prompts_file": "answer every prompt of a file: one per line, or JSON Lines with "

@@ -640,8 +640,8 @@ def test_report_to_an_unwritable_out_is_one_line(tmp_path):
     "args,match",
     [
         (["device=gpu"], "device=gpu is not a device torch knows: use cpu, cuda"),
-        (["num_samples=0"], "num_samples=0: ask for at least 1 sample"),
-        (["num_samples=-2"], "num_samples=-2: ask for at least 1 sample"),
+        (["num_samples=0"], "num_samples=0 is out of range: it must be >= 1"),
+        (["num_samples=-2"], "num_samples=-2 is out of range: it must be >= 1"),
     ],
 )
 def test_sample_bad_device_or_count_is_one_line(tmp_path, capsys, args, match):

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import numbers
 import os
-from typing import Any
+from typing import Annotated, Any
 
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from llm_scratch.constraints import Check
 from llm_scratch.data.corpora import CORPORA, load_corpus
 from llm_scratch.data.corpora import default_prompt as _corpus_prompt
 from llm_scratch.data.datasets import EpochShuffleSampler, RandomWindowDataset, SlidingWindowDataset
@@ -182,7 +183,8 @@ class LMDataModule(ResumableDataModule):
         batch_size: int = 8,
         val_fraction: float = 0.1,
         sampling: str = "sliding",
-        samples_per_epoch: int | None = None,
+        # an epoch's shuffled order holds one 8-byte index per sample
+        samples_per_epoch: Annotated[int | None, Check(ge=1, bytes_each=8)] = None,
         num_workers: int = 0,
         pin_memory: bool = False,
         shuffle: bool = True,
@@ -198,6 +200,12 @@ class LMDataModule(ResumableDataModule):
             raise UserError(
                 f"data.corpus must be a corpus name ({', '.join(CORPORA)}), 'text' or a path, "
                 f"got {corpus!r}."
+            )
+        if path is not None and corpus != "text":
+            raise UserError(
+                f"data.path={path} is given, but data.corpus={corpus} reads its own text and would "
+                f"ignore it; to train on that file: data=text data.path={path} (or leave "
+                "data.path unset)."
             )
         if corpus == "text" and not path:
             raise UserError(

@@ -13,7 +13,6 @@ Nothing here needs Lightning: the data module (instruct_datamodule.py) builds on
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -28,6 +27,7 @@ from torch.utils.data import Dataset
 from llm_scratch.data.corpora import CorpusInfo, named_file_path
 from llm_scratch.data.tokenizers import Tokenizer
 from llm_scratch.errors import UserError
+from llm_scratch.utils.io import parse_user_json, read_user_text
 
 # The book's 1,100 examples, pinned to a commit of its repository.
 BOOK_INSTRUCTIONS = CorpusInfo(
@@ -119,33 +119,21 @@ def book_instructions_path(
 
 
 def _parse(path: Path) -> list[Any]:
-    """The records of a JSON file holding a list, or of a JSON Lines file (one per line)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise UserError(f"Cannot read {path} ({error.strerror or error}).") from error
-    except UnicodeDecodeError as error:
-        raise UserError(f"{path} is not UTF-8 text ({error.reason}); convert it.") from error
+    """The records of a JSON file holding a list, or of a JSON Lines file (one per line); read
+    through the package's one safe loader (llm_scratch/utils/io.py): unreadable, non-UTF-8,
+    invalid or too deeply nested JSON is one line naming the file."""
+    text = read_user_text(path, str(path))
     if text.lstrip().startswith("["):  # one JSON list
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise UserError(
-                f"{path} is not valid JSON ({error.msg} at line {error.lineno}, column "
-                f"{error.colno}); give a JSON list of examples or JSON Lines."
-            ) from error
-        return records
+        return parse_user_json(text, str(path), "give a JSON list of examples or JSON Lines")
     records = []  # JSON Lines: one object per non-empty line
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as error:
-            raise UserError(
-                f"{path} is neither a JSON list of examples nor JSON Lines: line {lineno} "
-                f"(example {len(records)}) is not JSON ({error.msg})."
-            ) from error
+        where = (
+            f"{path} is neither a JSON list of examples nor JSON Lines: line {lineno} "
+            f"(example {len(records)})"
+        )
+        records.append(parse_user_json(line, where, line=True))
     return records
 
 

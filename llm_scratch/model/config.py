@@ -1,7 +1,9 @@
 """GPTConfig: every architectural switch of the model, validated, plus named presets."""
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
+
+from llm_scratch.constraints import check
 
 LAYER_INITS = ("fresh", "clone")
 ATTENTIONS = ("fused", "loop")
@@ -34,23 +36,29 @@ for _preset in PRESETS.values():
 
 @dataclass
 class GPTConfig:
-    vocab_size: int = 50257
-    context_length: int = 1024  # maximum sequence length (nanoGPT's block_size)
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0
+    # The ranges (metadata=check(...), llm_scratch/constraints.py) are what the config is
+    # checked against before a run starts; __post_init__ holds objects built in code to them.
+    vocab_size: int = field(default=50257, metadata=check(ge=1))
+    # maximum sequence length (nanoGPT's block_size)
+    context_length: int = field(default=1024, metadata=check(ge=1))
+    n_layer: int = field(default=12, metadata=check(ge=1))
+    n_head: int = field(default=12, metadata=check(ge=1))
+    n_embd: int = field(default=768, metadata=check(ge=1))
+    dropout: float = field(default=0.0, metadata=check(ge=0, lt=1))
     bias: bool = True  # biases in Linear layers and LayerNorms
     # the q/k/v projection's bias alone (the book's qkv_bias); None: the same as bias
     qkv_bias: bool | None = None
     pre_norm: bool = True  # True: GPT-2 pre-norm; False: original Transformer post-norm
-    layer_init: str = "fresh"  # "fresh": init each block on its own; "clone": deepcopy one block
-    attention: str = "fused"  # "fused": one SDPA call for all heads; "loop": per-head Python loop
+    # "fresh": init each block on its own; "clone": deepcopy one block
+    layer_init: str = field(default="fresh", metadata=check(choices=LAYER_INITS))
+    # "fused": one SDPA call for all heads; "loop": per-head Python loop
+    attention: str = field(default="fused", metadata=check(choices=ATTENTIONS))
     tie_weights: bool = True  # share the token embedding with the output head
-    gelu: str = "tanh"  # "tanh": GPT-2's approximation (HF gelu_new); "exact": erf (HF gelu)
+    # "tanh": GPT-2's approximation (HF gelu_new); "exact": erf (HF gelu)
+    gelu: str = field(default="tanh", metadata=check(choices=GELUS))
     # "gpt2": N(0, 0.02) weights, residual projections scaled by 1/sqrt(2 n_layer); "pytorch":
     # each layer's own default (embeddings N(0, 1), Linear uniform within 1/sqrt(fan_in))
-    weight_init: str = "gpt2"
+    weight_init: str = field(default="gpt2", metadata=check(choices=WEIGHT_INITS))
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "n_layer", "n_head", "n_embd"):

@@ -22,6 +22,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
+from llm_scratch.constraints import SEED_MAX, check
 from llm_scratch.model.config import PRESETS, GPTConfig
 from llm_scratch.model.hf_backend import HFGPT2Config
 from llm_scratch.train.optim import OptimizerConfig, SchedulerConfig
@@ -34,26 +35,46 @@ REFERENCE_STUDY, CPU_STUDY = "verdict_book", "verdict_cpu"
 _FROM_DATA = {"vocab_size": None, "context_length": "${data.context_length}"}
 
 
+def _required(options: str) -> Any:
+    """A section a run cannot do without (``~model`` is refused), and how to choose one."""
+    return field(default=None, metadata={"required": options})
+
+
 @dataclass
 class TrainSchema:
     """The top-level keys of ``configs/train.yaml``; the config groups are typed by their own
-    schemas (model) or by what they instantiate (data, trainer, callbacks, logger)."""
+    schemas (model) or by what they instantiate (data, trainer, callbacks, logger). The range
+    of each value is declared here (``metadata=check(...)``, llm_scratch/constraints.py) and
+    checked by llm_scratch/train/validate.py."""
 
-    task_name: str = "train"
-    seed: int = 1337
-    ckpt_path: str | None = None
-    init_from: str | None = None
+    # part of the run directory's and the log file's names
+    task_name: str = field(default="train", metadata=check(nonempty=True, path_part=True))
+    # numpy's seed range (Lightning's seed_everything seeds numpy too)
+    seed: int = field(default=1337, metadata=check(ge=0, le=SEED_MAX))
+    ckpt_path: str | None = field(default=None, metadata=check(nonempty=True))
+    init_from: str | None = field(default=None, metadata=check(nonempty=True))
     compile: bool = False
     train: bool = True
     validate_after: bool = False
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    data: Any = None
-    model: Any = None
-    trainer: Any = None
+    data: Any = _required("data=verdict, shakespeare_char, shakespeare_bpe, text or instruct")
+    model: Any = _required("model=<preset> (gpt-mini, gpt2, ...) or model=hf_gpt2")
+    trainer: Any = _required("trainer=default, cpu, gpu, bf16, ddp or fsdp")
     logger: Any = None
     callbacks: Any = None
-    paths: Any = None
+    paths: Any = _required("paths=default")
+
+
+@dataclass
+class PathsSchema:
+    """The keys of ``configs/paths/default.yaml`` (a key of the user's own there is fine when
+    an interpolation uses it, e.g. ``+paths.root=/data data.path=${paths.root}/a.txt``)."""
+
+    log_dir: str = field(default="outputs", metadata=check(nonempty=True))
+    data_dir: str | None = field(default=None, metadata=check(nonempty=True))
+    cache_dir: str | None = field(default=None, metadata=check(nonempty=True))
+    output_dir: str = field(default="", metadata=check(nonempty=True))
 
 
 def _schema_of(config_class: type, target: str) -> type:

@@ -31,6 +31,7 @@ from llm_scratch.data.corpora import load_corpus
 from llm_scratch.errors import UserError, exit_on_user_error, one_line
 from llm_scratch.model import GPTConfig
 from llm_scratch.sweep_env import SWEEP_ID_ENV
+from llm_scratch.train.boundary import configured, running
 from llm_scratch.train.callbacks import build_callbacks
 from llm_scratch.train.checkpointing import AtomicCheckpointIO
 from llm_scratch.train.failures import training_errors
@@ -92,7 +93,8 @@ def _train(
 ) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     # Every check a config value can fail comes before anything is written to the run directory.
-    datamodule = instantiate(cfg.data)
+    with configured("data"):  # anything a group's object raises: one line naming the group
+        datamodule = instantiate(cfg.data)
     tokenizer = datamodule.tokenizer
     _check_corpus_exists(datamodule)
     # A continued fine-tuning run takes its weights, and so its architecture, from its own
@@ -116,18 +118,21 @@ def _train(
     )
     optimizer = OmegaConf.to_container(cfg.optimizer, resolve=True)
     scheduler = OmegaConf.to_container(cfg.scheduler, resolve=True)
-    OptimizerConfig(**optimizer)
-    SchedulerConfig(**scheduler)
+    with configured("optimizer"):
+        OptimizerConfig(**optimizer)
+    with configured("scheduler"):
+        SchedulerConfig(**scheduler)
     if ckpt_path is not None:  # refused here, with one line, rather than deep inside Lightning
         check_resume_checkpoint(ckpt_path, asdict(model_config), tokenizer.to_dict())
-    loggers = build_loggers(cfg)
+    with configured("logger"):
+        loggers = build_loggers(cfg)
     drop_rows_after_checkpoint(loggers, output_dir)
-    trainer: L.Trainer = instantiate(
-        cfg.trainer,
-        callbacks=build_callbacks(cfg),
-        logger=loggers,
-        plugins=[AtomicCheckpointIO()],
-    )
+    with configured("callbacks"):
+        callbacks = build_callbacks(cfg)
+    with configured("trainer"):
+        trainer: L.Trainer = instantiate(
+            cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()]
+        )
 
     if int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
         job_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
@@ -155,7 +160,8 @@ def _train(
     )
     try:
         if cfg.get("train", True):
-            with training_errors(trainer, datamodule.batch_size, output_dir):
+            # running(): what escapes training_errors names the group whose code raised it
+            with running(), training_errors(trainer, datamodule.batch_size, output_dir):
                 trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         if cfg.get("validate_after", False):
             if not cfg.get("train", True) and ckpt_path is not None:

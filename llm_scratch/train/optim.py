@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from llm_scratch.constraints import check, enforce
 from llm_scratch.errors import UserError
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -15,19 +16,19 @@ SCHEDULES = ("cosine", "linear", "constant")
 
 @dataclass
 class OptimizerConfig:
-    """AdamW settings. ``fused=None`` picks torch's fused kernel where it exists for the device."""
+    """AdamW settings. ``fused=None`` picks torch's fused kernel where it exists for the device.
 
-    lr: float = 4e-4
-    weight_decay: float = 0.1
+    Each range is declared on its field (llm_scratch/constraints.py): checked here and, before
+    a run starts, by llm_scratch/train/validate.py."""
+
+    lr: float = field(default=4e-4, metadata=check(gt=0))
+    weight_decay: float = field(default=0.1, metadata=check(ge=0))
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1e-8
+    eps: float = field(default=1e-8, metadata=check(gt=0, why="added to the denominator"))
     fused: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.lr <= 0:
-            raise UserError(f"optimizer.lr={self.lr} must be positive")
-        if self.weight_decay < 0:
-            raise UserError(f"optimizer.weight_decay={self.weight_decay} must be >= 0")
+        enforce(self, "optimizer")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise UserError(f"optimizer.betas={list(self.betas)} must be two numbers in [0, 1)")
 
@@ -49,19 +50,14 @@ class SchedulerConfig:
     ``max_epochs``/``max_steps`` (so raising them re-stretches the decay); a number pins it.
     """
 
-    name: str = "cosine"
-    warmup_steps: int | None = None
-    warmup_fraction: float | None = None
-    min_lr: float = 0.0
-    total_steps: int | None = None
+    name: str = field(default="cosine", metadata=check(choices=SCHEDULES))
+    warmup_steps: int | None = field(default=None, metadata=check(ge=0))
+    warmup_fraction: float | None = field(default=None, metadata=check(ge=0, lt=1))
+    min_lr: float = field(default=0.0, metadata=check(ge=0))
+    total_steps: int | None = field(default=None, metadata=check(ge=1, why="null: the run's"))
 
     def __post_init__(self) -> None:
-        if self.name not in SCHEDULES:
-            raise UserError(f"scheduler.name={self.name!r} is unknown: choose one of {SCHEDULES}")
-        if self.warmup_steps is not None and self.warmup_steps < 0:
-            raise UserError(f"scheduler.warmup_steps={self.warmup_steps} must be >= 0")
-        if self.warmup_fraction is not None and not 0 <= self.warmup_fraction < 1:
-            raise UserError(f"scheduler.warmup_fraction={self.warmup_fraction} must be in [0, 1)")
+        enforce(self, "scheduler")
         # 0 in one key with a warm-up in the other is not a conflict: 0 adds no warm-up (the
         # norm ablation sweeps the fraction with warmup_steps=0 over a base that sets steps).
         if (self.warmup_steps or 0) > 0 and (self.warmup_fraction or 0) > 0:
@@ -69,10 +65,6 @@ class SchedulerConfig:
                 f"scheduler.warmup_steps={self.warmup_steps} and scheduler.warmup_fraction="
                 f"{self.warmup_fraction} both set a warm-up: set only one (the other to null)."
             )
-        if self.min_lr < 0:
-            raise UserError(f"scheduler.min_lr={self.min_lr} must be >= 0")
-        if self.total_steps is not None and self.total_steps < 1:
-            raise UserError(f"scheduler.total_steps={self.total_steps} must be >= 1 (or null)")
 
     def warmup(self, total_steps: int) -> int:
         """The number of warm-up steps in a schedule of ``total_steps`` optimizer steps."""

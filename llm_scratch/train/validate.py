@@ -1,32 +1,171 @@
-"""Check the config groups that no schema types, before anything runs, naming the key.
+"""Check every user-set value before anything runs, naming the key the user set.
 
-Hydra itself refuses an override of a key that does not exist (``model.pre_normm=true``) and,
-through the structured configs of llm_scratch/train/config_store.py, a wrongly typed value of
-the top-level keys, the optimizer, the scheduler and the model. The other groups (data, trainer,
-callbacks, logger) are objects Hydra instantiates from YAML: each node with a ``_target_`` is
-checked here against the signature of what it instantiates (an unknown key, a missing value, or
-a value of the wrong type).
+One pass over the composed config (:func:`validate_config`), before the run directory is
+claimed. Each node is checked against what consumes it:
+
+- a node with ``_target_`` (data, model, trainer, each callback and logger) against the
+  signature of what it instantiates: an unknown key, a missing required value, a value of the
+  wrong type, and the range each parameter declares (``Annotated[int, Check(ge=1)]``, or a
+  dataclass field's ``metadata=check(...)``, llm_scratch/constraints.py); for classes whose
+  source is not ours (Lightning's Trainer and callbacks) the ranges are in
+  :data:`CONSUMER_CHECKS`, by class, so they hold under any key that reaches them;
+- the top level, ``optimizer``, ``scheduler`` and ``paths`` against their dataclasses
+  (llm_scratch/train/config_store.py, llm_scratch/train/optim.py), the same way;
+- every value against what no consumer accepts (NaN, infinity, an integer beyond 64 bits, a
+  NUL character), whatever its key;
+- a key that nothing reads (``+new.key=1``) or a required group deleted (``~model``);
+- what only the consumer itself can tell (``n_embd`` divisible by ``n_head``, the data's own
+  cross-checks) by building the cheap objects once: the optimizer and scheduler settings, the
+  model's config and the data module (nothing is read or written), each inside
+  :func:`llm_scratch.train.boundary.configured`, which names the group.
+
+A value set by interpolation (``callbacks.finite_loss.check_every_n_steps:
+${trainer.log_every_n_steps}``) is refused under the key the user sets.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import functools
 import inspect
+import re
 import types
 import typing
+from dataclasses import MISSING
 from typing import Any, Literal, Union
 
-from hydra.utils import get_object
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from llm_scratch.constraints import (
+    METADATA_KEY,
+    SEED_MAX,
+    Check,
+    Either,
+    declared,
+    generic_problem,
+)
 from llm_scratch.errors import UserError
+from llm_scratch.train.boundary import configured
+from llm_scratch.train.config_store import PathsSchema, TrainSchema
+from llm_scratch.train.optim import OptimizerConfig, SchedulerConfig
 from llm_scratch.train.sharding import check_fsdp_config
 
-# The groups checked here; the others are typed by their schemas.
-CHECKED_GROUPS = ("data", "trainer", "logger", "callbacks")
+# Every metric a run logs (module.py, the throughput callback): what a checkpoint callback can
+# monitor. tests/test_boundary.py checks it against the columns of a trained run's metrics.csv.
+LOGGED_METRICS = (
+    "train/loss",
+    "train/lr",
+    "train/epoch_loss",
+    "train/tokens_seen",
+    "train/tokens_per_sec",
+    "train/mfu",
+    "val/loss",
+    "val/ppl",
+    "val/bpb",
+    "step",
+    "epoch",
+)
+
+# The sections typed by a dataclass rather than by what they instantiate.
+SCHEMA_SECTIONS: dict[str, type] = {
+    "": TrainSchema,
+    "optimizer": OptimizerConfig,
+    "scheduler": SchedulerConfig,
+    "paths": PathsSchema,
+}
+# Groups of named entries, each an object built from its ``_target_`` (or null: left out).
+ENTRY_GROUPS = ("callbacks", "logger")
+# Arguments the job passes itself when it instantiates a group (not set in the config).
+SUPPLIED = {
+    "trainer": {"callbacks", "logger", "plugins"},
+    "model": {"vocab_size"},
+}
+
+_COUNT = Check(kind=int, ge=1)
+_FRACTION = Check(kind=float, ge=0, le=1)
+_BATCHES = Either(Check(kind=int, ge=0), _FRACTION)
+# The ranges of the classes whose source is not ours, by class (and for their subclasses).
+CONSUMER_CHECKS: dict[str, dict[str, Check | Either]] = {
+    "lightning.pytorch.trainer.trainer.Trainer": {
+        "max_epochs": Check(ge=-1, ne=0, why="-1: no limit; 0 trains nothing"),
+        "min_epochs": Check(ge=0),
+        "max_steps": Check(ge=-1, ne=0, why="-1: no limit (max_epochs decides)"),
+        "min_steps": Check(ge=0),
+        "check_val_every_n_epoch": Check(ge=1, why="null: by val_check_interval alone"),
+        "val_check_interval": Either(
+            Check(kind=int, ge=1, why="training batches"),
+            Check(kind=float, gt=0, le=1, why="of an epoch"),
+        ),
+        "limit_train_batches": _BATCHES,
+        "limit_val_batches": _BATCHES,
+        "limit_test_batches": _BATCHES,
+        "limit_predict_batches": _BATCHES,
+        "overfit_batches": _BATCHES,
+        "num_sanity_val_steps": Check(ge=-1, why="-1: the whole validation set"),
+        "log_every_n_steps": Check(ge=1),
+        "accumulate_grad_batches": Check(ge=1),
+        "gradient_clip_val": Check(ge=0, why="null or 0 switches clipping off"),
+        "num_nodes": Check(ge=1),
+        "devices": Either(Check(kind=int, ge=-1, ne=0, why="-1: all"), Check(kind=str)),
+        "reload_dataloaders_every_n_epochs": Check(ge=0),
+        "precision": Check(nonempty=True),
+        "default_root_dir": Check(nonempty=True),
+    },
+    "lightning.pytorch.callbacks.model_checkpoint.ModelCheckpoint": {
+        "monitor": Check(choices=LOGGED_METRICS, why="a metric the run logs"),
+        "mode": Check(choices=("min", "max")),
+        "save_top_k": Check(ge=-1, why="-1: every checkpoint"),
+        "every_n_train_steps": Check(ge=0, why="null or 0: not by steps"),
+        "every_n_epochs": Check(ge=0),
+        "filename": Check(nonempty=True),
+        "dirpath": Check(nonempty=True),
+    },
+    "lightning.pytorch.callbacks.early_stopping.EarlyStopping": {
+        "monitor": Check(choices=LOGGED_METRICS, why="a metric the run logs"),
+        "mode": Check(choices=("min", "max")),
+        "patience": Check(ge=0),
+    },
+    "lightning.pytorch.loggers.csv_logs.CSVLogger": {"flush_logs_every_n_steps": _COUNT},
+    "llm_scratch.train.callbacks.TextSampler": {
+        "prompt": Check(nonempty=True, why="null: the data's default prompt"),
+        "max_new_tokens": Check(ge=1),
+        "temperature": Check(ge=0, why="0: greedy"),
+        "top_k": Check(ge=1, why="null: all tokens"),
+        "seed": Check(ge=0, le=2**64 - 1),
+        "output_dir": Check(nonempty=True),
+    },
+    "llm_scratch.train.callbacks.ThroughputLogger": {
+        "log_every_n_steps": Check(ge=1),
+        "peak_flops": Check(gt=0, why="null: known GPUs only"),
+    },
+    "llm_scratch.train.callbacks.FiniteLossGuard": {"check_every_n_steps": Check(ge=1)},
+    "llm_scratch.data.datamodule.ResumableDataModule": {
+        "batch_size": Check(ge=1),
+        "num_workers": Check(ge=0),
+        "seed": Check(ge=0, le=SEED_MAX),
+    },
+    "llm_scratch.data.instruct_datamodule.InstructDataModule": {
+        "context_length": Check(ge=1),
+        "max_length": Check(ge=1, why="null: the context length"),
+        "split_seed": Check(ge=0, le=SEED_MAX),
+        "num_sample_prompts": Check(ge=0),
+        "tokenizer": Check(nonempty=True),
+        "output_field": Check(nonempty=True),
+    },
+}
+
+
+# ----------------------------------------------------------------------------- types
+def _unwrap(annotation: Any) -> Any:
+    """``Annotated[int, ...]`` as ``int``."""
+    return typing.get_args(annotation)[0] if hasattr(annotation, "__metadata__") else annotation
 
 
 def _matches(value: Any, annotation: Any) -> bool:
+    annotation = _unwrap(annotation)
     if annotation is Any or annotation is inspect.Parameter.empty:
         return True
     origin = typing.get_origin(annotation)
@@ -52,79 +191,197 @@ def _matches(value: Any, annotation: Any) -> bool:
 
 
 def _describe(annotation: Any) -> str:
+    annotation = _unwrap(annotation)
     text = str(annotation).replace("typing.", "")
     return getattr(annotation, "__name__", text) if "[" not in text else text
 
 
-def _check_fields(path: str, node: DictConfig, hints: dict[str, Any], open_ended: bool) -> None:
-    for key in node:
-        full = f"{path}.{key}" if path else str(key)
-        if key == "_target_" or str(key).startswith("_"):
-            continue
-        if key not in hints:
-            if open_ended:
-                continue
-            allowed = ", ".join(sorted(k for k in hints if not k.startswith("_")))
-            raise UserError(f"Unknown config key '{full}'. Known keys here: {allowed}.")
-        value = OmegaConf.select(node, str(key), throw_on_missing=False)
-        if OmegaConf.is_missing(node, key):
-            raise UserError(f"Config key '{full}' has no value (???): set it, e.g. {full}=...")
-        if isinstance(value, DictConfig) and "_target_" in value:
-            _check_target(full, value)
-        elif not _matches(value, hints[key]):
-            raise UserError(
-                f"Config key '{full}' has the wrong type: got {value!r} "
-                f"({type(value).__name__}), expected {_describe(hints[key])}."
-            )
+@dataclasses.dataclass
+class _Param:
+    annotation: Any
+    required: bool
+    checks: list[Check | Either]
 
 
-def _signature_hints(target: Any) -> tuple[dict[str, Any], bool]:
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+@functools.cache
+def consumer_params(target: Any) -> tuple[dict[str, _Param], bool]:
+    """What ``target`` (a class or function) takes: each parameter's type, whether it is
+    required, and its declared ranges; and whether it takes any keyword (``**kwargs``)."""
     func = target.__init__ if inspect.isclass(target) else target
     signature = inspect.signature(func)
     try:
-        annotations = typing.get_type_hints(func)
-    except Exception:  # unresolvable forward references: check names only
+        annotations = typing.get_type_hints(func, include_extras=True)
+    except Exception:  # unresolvable forward references: check names and ranges only
         annotations = {}
-    hints = {}
-    open_ended = False
+    field_checks: dict[str, list] = {}
+    if dataclasses.is_dataclass(target):
+        for f in dataclasses.fields(target):
+            if METADATA_KEY in f.metadata:
+                field_checks[f.name] = [f.metadata[METADATA_KEY]]
+    table: dict[str, Check | Either] = {}
+    for cls in reversed(inspect.getmro(target)) if inspect.isclass(target) else ():
+        table.update(CONSUMER_CHECKS.get(_qualname(cls), {}))
+    params, open_ended = {}, False
     for name, parameter in signature.parameters.items():
         if name == "self":
             continue
         if parameter.kind is inspect.Parameter.VAR_KEYWORD:
             open_ended = True
             continue
-        hints[name] = annotations.get(name, Any)
-    return hints, open_ended
+        if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+            continue
+        annotation = annotations.get(name, Any)
+        checks = declared(annotation) + field_checks.get(name, [])
+        if name in table:
+            checks.append(table[name])
+        params[name] = _Param(annotation, parameter.default is inspect.Parameter.empty, checks)
+    return params, open_ended
 
 
-def _check_target(path: str, node: DictConfig) -> None:
-    try:
-        target = get_object(node._target_)
-    except Exception as error:
-        raise UserError(
-            f"Config key '{path}._target_'={node._target_!r} cannot be imported: {error}"
-        ) from error
-    hints, open_ended = _signature_hints(target)
-    _check_fields(path, node, hints, open_ended)
+# ----------------------------------------------------------------------------- the walk
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")
+_SOLE_REFERENCE = re.compile(r"^\$\{([A-Za-z_][\w.]*)\}$")
 
 
-def _check_known_keys(path: str, node: DictConfig) -> None:
-    """Only that every key of ``node`` is an argument of what it instantiates."""
-    hints, open_ended = _signature_hints(get_object(node._target_))
-    unknown = [k for k in node if not str(k).startswith("_") and k not in hints]
-    if unknown and not open_ended:
-        allowed = ", ".join(sorted(k for k in hints if not k.startswith("_")))
-        raise UserError(f"Unknown config key '{path}.{unknown[0]}'. Known keys here: {allowed}.")
+class _Checker:
+    """One validation pass over ``cfg`` (the job's config, without ``hydra``); ``raw`` is the
+    whole config unresolved, for the keys that interpolations refer to."""
+
+    def __init__(self, cfg: DictConfig, raw: dict) -> None:
+        self.cfg = cfg
+        self.raw = raw
+        self.references = set(_REFERENCE.findall(str(raw)))
+
+    # the key the user sets: through interpolations of one key (${trainer.log_every_n_steps})
+    def user_key(self, key: str) -> str:
+        seen = {key}
+        while True:
+            node: Any = self.raw
+            for part in key.split("."):
+                if not isinstance(node, dict) or part not in node:
+                    return key
+                node = node[part]
+            match = _SOLE_REFERENCE.match(node) if isinstance(node, str) else None
+            if match is None or match.group(1) in seen:
+                return key
+            key = match.group(1)
+            seen.add(key)
+
+    def refuse(self, key: str, value: Any, problem: str) -> UserError:
+        source = self.user_key(key)
+        via = f" (it sets {key})" if source != key else ""
+        return UserError(f"{source}={_short(value)} is out of range{via}: {problem}.")
+
+    def referenced(self, key: str) -> bool:
+        """Whether an interpolation uses ``key`` (or a node above or below it)."""
+        return any(
+            r == key or r.startswith(key + ".") or key.startswith(r + ".") for r in self.references
+        )
+
+    # every value, whatever its key
+    def leaves(self, path: str, node: Any) -> None:
+        if isinstance(node, DictConfig):
+            keys: list[Any] = list(node)
+        elif isinstance(node, ListConfig):
+            keys = list(range(len(node)))
+        else:
+            return
+        for key in keys:
+            full = f"{path}.{key}" if path else str(key)
+            if isinstance(node, DictConfig) and OmegaConf.is_missing(node, key):
+                continue
+            value = node[key]
+            if isinstance(value, DictConfig | ListConfig):
+                self.leaves(full, value)
+            elif (problem := generic_problem(value)) is not None:
+                raise self.refuse(full, value, problem)
+
+    # a node against what it is consumed by
+    def fields(self, path: str, node: DictConfig, target: Any, group: str, typed: bool) -> None:
+        params, open_ended = consumer_params(target)
+        supplied = SUPPLIED.get(group, set()) if path == group else set()
+        for key in node:
+            name = str(key)
+            full = f"{path}.{name}" if path else name
+            if name.startswith("_") or (not path and name == "hydra"):
+                continue
+            if name not in params:
+                if open_ended:
+                    continue
+                if target in SCHEMA_SECTIONS.values() and self.referenced(full):
+                    continue  # a value of the user's own, used by an interpolation
+                known = sorted(k for k in params if not k.startswith("_"))
+                close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+                hint = f" Did you mean {path + '.' if path else ''}{close[0]}?" if close else ""
+                raise UserError(
+                    f"Unknown config key '{full}': nothing uses it ({_where(path, target)} "
+                    f"takes: {', '.join(known)}); remove it, or check its spelling.{hint}"
+                )
+            if OmegaConf.is_missing(node, key):
+                raise UserError(f"Config key '{full}' has no value (???): set it, e.g. {full}=...")
+            value = node[key]
+            if not path and isinstance(value, DictConfig):
+                continue  # a section: checked on its own
+            param = params[name]
+            if value is None and param.required and name not in supplied:
+                raise UserError(f"Config key '{full}' is required; set it: {full}=...")
+            if isinstance(value, DictConfig) and "_target_" in value:
+                self.target(full, value, group)
+                continue
+            if typed and not _matches(value, param.annotation):
+                raise UserError(
+                    f"Config key '{self.user_key(full)}' has the wrong type: got {value!r} "
+                    f"({type(value).__name__}), expected {_describe(param.annotation)}."
+                )
+            for rule in param.checks:
+                if (problem := rule.problem(value)) is not None:
+                    raise self.refuse(full, value, problem)
+        for name, param in params.items():
+            if param.required and name not in node and name not in supplied:
+                raise UserError(
+                    f"Config key '{path}.{name}' is required by {_where(path, target)}; set it: "
+                    f"+{path}.{name}=..."
+                )
+
+    def target(self, path: str, node: DictConfig, group: str, typed: bool = True) -> None:
+        try:
+            target = get_object(node._target_)
+        except Exception as error:
+            raise UserError(
+                f"Config key '{path}._target_'={node._target_!r} cannot be imported: {error}"
+            ) from error
+        self.fields(path, node, target, group, typed)
+
+    def group(self, name: str, node: Any) -> None:
+        """A config group: one object (``_target_``), or named entries of objects."""
+        if name in ENTRY_GROUPS:
+            if node is None:
+                return
+            if not isinstance(node, DictConfig):
+                raise UserError(f"{name}={node!r}: give {name} entries, each with a _target_.")
+            for key in node:
+                entry = node[key]
+                if entry is None:
+                    continue  # switched off: callbacks.<name>=null
+                if not isinstance(entry, DictConfig) or "_target_" not in entry:
+                    raise UserError(
+                        f"Unknown config key '{name}.{key}': nothing uses it; each entry of "
+                        f"{name} is an object with a _target_ (or null to leave it out)."
+                    )
+                self.target(f"{name}.{key}", entry, name)
+            return
+        if isinstance(node, DictConfig) and "_target_" in node:
+            # the model's types are its schema's (Hydra checked them on composition)
+            self.target(name, node, name, typed=name != "model")
 
 
-def _check_tree(path: str, node: Any) -> None:
-    if not isinstance(node, DictConfig):
-        return
-    if "_target_" in node:
-        _check_target(path, node)
-        return
-    for key in node:
-        _check_tree(f"{path}.{key}" if path else str(key), node[key])
+def _where(path: str, target: Any) -> str:
+    where = getattr(target, "__qualname__", str(target))
+    return f"{path} ({where})" if path else f"the top level ({where})"
 
 
 def _check_resolves(path: str, node: Any) -> None:
@@ -149,75 +406,59 @@ def _check_resolves(path: str, node: Any) -> None:
         _check_resolves(full, value)
 
 
-def _int_at_least(low: int):
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+def _required_groups(cfg: DictConfig) -> None:
+    """A section the run cannot do without, deleted (``~model``) or set to null, or a top-level
+    key deleted that has a value by default (``~seed``)."""
+    for f in dataclasses.fields(TrainSchema):
+        if f.metadata.get("required") and cfg.get(f.name) is None:
+            raise UserError(
+                f"{f.name} is required but the config has none (deleted with ~{f.name}, or set "
+                f"to null); choose one: {f.metadata['required']}."
+            )
+        if f.name not in cfg and (f.default is not None or f.default_factory is not MISSING):
+            raise UserError(
+                f"{f.name} is required but was deleted (~{f.name}); leave it in, or give it a "
+                f"value: {f.name}=..."
+            )
 
 
-def _number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
 
 
-def _interval(v: Any) -> bool:
-    if isinstance(v, float):
-        return 0.0 < v <= 1.0
-    return v is None or _int_at_least(1)(v)
-
-
-# Values whose valid range is known before anything runs; each is refused naming its own key
-# (a callback's value set by interpolation is checked under the key the user sets: first here).
-RANGES: dict[str, tuple[Any, str]] = {
-    "trainer.accumulate_grad_batches": (_int_at_least(1), "an integer >= 1"),
-    "trainer.log_every_n_steps": (_int_at_least(1), "an integer >= 1"),
-    "trainer.gradient_clip_val": (
-        lambda v: v is None or (_number(v) and v >= 0),
-        "a number >= 0 (null or 0 switches clipping off)",
-    ),
-    "trainer.val_check_interval": (
-        _interval,
-        "a number of training batches >= 1, or a fraction of an epoch in (0, 1]",
-    ),
-    "trainer.max_steps": (lambda v: _int_at_least(-1)(v) and v != 0, "-1 (no limit) or >= 1"),
-    "trainer.max_epochs": (
-        lambda v: v is None or (_int_at_least(-1)(v) and v != 0),
-        "null or -1 (no limit), or >= 1 (0 trains nothing)",
-    ),
-    "data.batch_size": (_int_at_least(1), "an integer >= 1"),
-    "callbacks.text_sampler.max_new_tokens": (_int_at_least(1), "an integer >= 1"),
-    "callbacks.text_sampler.temperature": (
-        lambda v: _number(v) and v >= 0,
-        "a number >= 0 (0: greedy)",
-    ),
-    "callbacks.text_sampler.top_k": (
-        lambda v: v is None or _int_at_least(1)(v),
-        "null or an integer >= 1",
-    ),
-    "callbacks.finite_loss.check_every_n_steps": (_int_at_least(1), "an integer >= 1"),
-    "callbacks.throughput.log_every_n_steps": (_int_at_least(1), "an integer >= 1"),
-}
-
-
-def _check_ranges(cfg: DictConfig) -> None:
-    for key, (valid, expected) in RANGES.items():
-        if OmegaConf.select(cfg, key.rsplit(".", 1)[0], default=None) is None:
-            continue  # the group or callback is not in this config
-        node = OmegaConf.select(cfg, key.rsplit(".", 1)[0])
-        name = key.rsplit(".", 1)[1]
-        if name not in node:
-            continue
-        value = node[name]
-        if not valid(value):
-            raise UserError(f"{key}={value!r} is out of range: it must be {expected}.")
+def _build_cheap_objects(cfg: DictConfig) -> None:
+    """What only the consumers can tell, from building the objects that read no file and
+    allocate nothing: the optimizer's and scheduler's settings, the model's config (with a
+    stand-in vocabulary when the data gives it) and the data module."""
+    with configured("optimizer"):
+        OptimizerConfig(**OmegaConf.to_container(cfg.optimizer, resolve=True))
+    with configured("scheduler"):
+        SchedulerConfig(**OmegaConf.to_container(cfg.scheduler, resolve=True))
+    model = cfg.model
+    if not cfg.get("init_from") and isinstance(model, DictConfig) and "_target_" in model:
+        with configured("model"):
+            instantiate(model, vocab_size=model.get("vocab_size") or 50257)
+    with configured("data"):
+        instantiate(cfg.data)
 
 
 def validate_config(cfg: DictConfig) -> None:
-    """Raise :class:`UserError` naming the first unknown key, wrongly typed or unresolvable
-    value, or value out of its range."""
-    _check_resolves("", OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
-    # The model's schema types its keys, but +model.<key>=... can still add one it lacks.
-    if isinstance(cfg.get("model"), DictConfig) and "_target_" in cfg.model:
-        _check_known_keys("model", cfg.model)
-    for key in CHECKED_GROUPS:
-        if key in cfg:
-            _check_tree(key, cfg[key])
-    _check_ranges(cfg)
+    """Raise :class:`UserError` naming the first key whose value no consumer would take: unknown
+    or unused, missing, unresolvable, of the wrong type, out of its declared range."""
+    job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    _required_groups(job)
+    _check_resolves("", job)
+    raw = OmegaConf.to_container(cfg, resolve=False)  # with hydra: hydra.run.dir uses task_name
+    checker = _Checker(job, raw)
+    # the top-level sections first: a value interpolated into a callback is refused as its own
+    for section, schema in SCHEMA_SECTIONS.items():
+        node = job if not section else job.get(section)
+        if isinstance(node, DictConfig):
+            checker.fields(section, node, schema, section, typed=section == "paths")
+    for name in ("data", "model", "trainer", *ENTRY_GROUPS):
+        if name in job:
+            checker.group(name, job[name])
+    checker.leaves("", job)
+    _build_cheap_objects(job)
     check_fsdp_config(cfg)  # what trainer=fsdp cannot combine with

@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash mid-write leaves the previous file whole."""
+"""Atomic file writes (a crash mid-write leaves the previous file whole), and the one way the
+package reads a text or JSON file a user names: any problem with it is one line naming it."""
 
 from __future__ import annotations
 
@@ -74,3 +75,48 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_open(path, "wb") as f:
         f.write(data)
+
+
+# ----------------------------------------------------------------------------- user files
+def read_user_text(path: str | os.PathLike, name: str) -> str:
+    """The UTF-8 text of a file the user named (``name``: how, e.g. ``prompt_file=p.txt``); a
+    missing, unreadable or non-UTF-8 file is one :class:`UserError` line naming it."""
+    from llm_scratch.errors import UserError
+
+    try:
+        return Path(path).expanduser().read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise UserError(
+            f"{name} is not UTF-8 text ({error.reason} at byte {error.start}); convert it "
+            "(e.g. iconv -t utf-8) or give another file."
+        ) from error
+    except OSError as error:
+        raise UserError(f"Cannot read {name}: {error.strerror or error}.") from error
+
+
+def parse_user_json(text: str, where: str, hint: str = "", line: bool = False) -> object:
+    """``json.loads(text)`` for JSON a user gave: invalid JSON, nesting too deep for the
+    parser (a RecursionError) or numbers too long to convert are one :class:`UserError` line
+    naming ``where`` (the file; ``line``: ``text`` is one line of it, which ``where`` names),
+    with ``hint`` (what to give instead)."""
+    import json
+
+    from llm_scratch.errors import UserError
+
+    hint = f"; {hint}" if hint else ""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        place = (
+            f" at column {error.colno}"
+            if line
+            else f" at line {error.lineno}, column {error.colno}"
+        )
+        raise UserError(f"{where} is not valid JSON ({error.msg}{place}){hint}.") from None
+    except RecursionError:
+        raise UserError(
+            f"{where} is nested too deeply to read (more levels of lists or objects than "
+            f"Python's parser allows){hint}."
+        ) from None
+    except ValueError as error:  # e.g. an integer of more digits than Python converts
+        raise UserError(f"{where} cannot be read as JSON ({error}){hint}.") from None
