@@ -8,6 +8,7 @@ Examples:
 
 import logging
 import os
+import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -16,7 +17,7 @@ from omegaconf import DictConfig
 
 from llm_scratch.compat import one_line_hydra_errors
 from llm_scratch.sweep_env import SWEEP_ID_ENV
-from llm_scratch.train.compose import CONFIG_DIR
+from llm_scratch.train.compose import CONFIG_DIR, expand_argv
 from llm_scratch.train.config_store import register_configs
 
 register_configs()  # the typed schemas and generated options, before Hydra composes
@@ -53,5 +54,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    # ckpt_path=<run>: that run's own overrides first, the ones given now on top
+    sys.argv = expand_argv(sys.argv)
     with one_line_hydra_errors():  # a bad override: one "error:" line, exit status 2
         main()

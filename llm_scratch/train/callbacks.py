@@ -534,8 +534,13 @@ class NoValidationWarning(L.Callback):
     validation: such a run succeeds without a val/loss, a sample or a best checkpoint."""
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step > 0:
+            # a continued run has not validated in this process yet: until it does, the best
+            # checkpoint's val/loss is missing (the checkpoint it continues from keeps its best)
+            _quiet_missing_monitor()
+            return
         first = steps_to_first_validation(trainer)
-        if trainer.global_step == 0 and first is not None and 0 < trainer.max_steps < first:
+        if first is not None and 0 < trainer.max_steps < first:
             log.warning(
                 "trainer.max_steps=%d ends the run before its first validation (after %d steps): "
                 "it will log no val/loss, write no sample and save no best checkpoint; raise "
@@ -544,11 +549,15 @@ class NoValidationWarning(L.Callback):
                 first,
             )
             # ...which says it all: not also ModelCheckpoint's "could not find the monitored key"
-            warnings.filterwarnings(
-                "ignore",
-                message=r"`ModelCheckpoint\(monitor=.*could not find the monitored key",
-                module=r"lightning\.pytorch\.callbacks\.model_checkpoint",
-            )
+            _quiet_missing_monitor()
+
+
+def _quiet_missing_monitor() -> None:
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`ModelCheckpoint\(monitor=.*could not find the monitored key",
+        module=r"lightning\.pytorch\.callbacks\.model_checkpoint",
+    )
 
 
 def steps_to_first_validation(trainer: L.Trainer) -> int | None:

@@ -5,8 +5,13 @@ exact. (Reading checkpoints and choosing which file a run directory means: llm_s
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import random
+import re
 import shutil
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +20,10 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
 from llm_scratch.errors import UserError
+from llm_scratch.train.commands import continue_command
 from llm_scratch.utils.io import atomic_open
+
+log = logging.getLogger(__name__)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -55,10 +63,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def _unwritten(path: Any, reason: str) -> UserError:
+    """The one line for a checkpoint that could not be written: what is kept, and how to go on,
+    as the run directory holds it (a promised checkpoint exists)."""
+    path = Path(path)
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    if path.is_file():
+        kept = "the previous checkpoint there is kept"
+    elif any(path.parent.glob("*.ckpt")):
+        kept = "the run's other checkpoints are kept"
+    else:
+        kept = "no checkpoint of this run was saved before it"
+    if path.is_file() or any(path.parent.glob("*.ckpt")):
+        then = f"then continue with: {continue_command(run_dir)}"
+    else:
+        then = "then start the run again"
     return UserError(
-        f"Could not write the checkpoint {path} ({reason}); the previous checkpoint there is "
-        "kept. Free some disk space, or choose a writable folder with paths.log_dir=..., then "
-        "continue with ckpt_path=<the run directory>."
+        f"Could not write the checkpoint {path} ({reason}); {kept}. Free some disk space, or "
+        f"choose a writable folder with paths.log_dir=..., {then}"
     )
 
 
@@ -78,6 +99,63 @@ def remove_stale_temporaries(path: Path) -> None:
     for stale in path.parent.glob(f".{path.name}.*.tmp"):
         with contextlib.suppress(OSError):
             stale.unlink()
+
+
+# what atomic_open names a checkpoint's temporary file: .<name>.<mkstemp's random part>.tmp
+_TEMPORARY = re.compile(r"^\.(?P<name>[^/]+\.ckpt)\.[A-Za-z0-9_]{8}\.tmp$")
+# a save in progress writes its temporary file continuously; one untouched this long is stale
+_STALE_AFTER_S = 600
+
+
+def remove_stale_run_temporaries(run_dir: Path) -> list[Path]:
+    """Remove the checkpoint temporaries a killed save left in ``run_dir/checkpoints`` (when the
+    run is continued elsewhere, none of its own saves would ever remove them): only files of
+    :func:`atomic_open`'s naming for a checkpoint, and only when no save can be writing them:
+    the run that claimed the directory is no longer running on this machine, or the file has
+    not been written for 10 minutes. Returns the files removed."""
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        return []
+    holder_gone = not _holder_running(run_dir)
+    removed = []
+    for path in folder.iterdir():
+        if not _TEMPORARY.match(path.name) or not path.is_file():
+            continue
+        try:
+            idle = time.time() - path.stat().st_mtime
+        except OSError:
+            continue
+        if holder_gone or idle > _STALE_AFTER_S:
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append(path)
+    if removed:
+        log.info("removed %d temporary file(s) of an interrupted save in %s", len(removed), folder)
+    return removed
+
+
+def _holder_running(run_dir: Path) -> bool:
+    """Whether the process that claimed ``run_dir`` (its ``.run.claim``: pid and host) may still
+    be running: True unless it is on this machine and gone."""
+    from llm_scratch.train.run_dir import CLAIM
+
+    try:
+        text = (run_dir / CLAIM).read_text(encoding="utf-8")
+    except OSError:
+        return False  # no claim: no run holds the directory
+    match = re.match(r"pid (\d+) on (\S+),", text)
+    if match is None or match[2] != socket.gethostname():
+        return True
+    pid = int(match[1])
+    if pid == os.getpid():
+        return False  # this process: it is not saving into that directory now
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists (another user's)
+    return True
 
 
 def _weights_only(value: bool | None) -> bool:

@@ -19,6 +19,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from llm_scratch.compat import stop_at_batch_end
 from llm_scratch.errors import Interrupted, Preempted, UserError
 from llm_scratch.train.callbacks import SigtermCheckpoint
+from llm_scratch.train.commands import continue_command
 from llm_scratch.utils.memory import is_out_of_memory
 
 log = logging.getLogger(__name__)
@@ -75,20 +76,8 @@ def training_errors(trainer: L.Trainer, batch_size: int, output_dir: Path) -> It
     except UserError:
         raise
     except SIGTERMException as error:
-        saved = [c.saved_step for c in trainer.callbacks if isinstance(c, SigtermCheckpoint)]
-        where = (
-            f"saved checkpoints/last.ckpt at step {saved[0]}"
-            if saved and saved[0] is not None
-            else "no checkpoint saved on the way out (it came during validation); the last "
-            "periodic checkpoints/last.ckpt is kept"
-        )
         stopped = Interrupted if ctrl_c else Preempted
-        raise stopped(
-            f"Training stopped by {'Ctrl-C (SIGINT)' if ctrl_c else 'SIGTERM'} at step "
-            f"{trainer.global_step}; {where}. Continue it in a new run directory with: python "
-            "training/run_experiment.py <the same overrides, without hydra.run.dir> "
-            f"ckpt_path={output_dir}"
-        ) from error
+        raise stopped(stop_message(trainer, output_dir, bool(ctrl_c))) from error
     except ValueError as error:
         if "`val_check_interval` (" in str(error):  # Lightning's, when the data is set up
             raise UserError(
@@ -113,7 +102,47 @@ def training_errors(trainer: L.Trainer, batch_size: int, output_dir: Path) -> It
         if error.errno in _DISK_ERRNOS:
             raise UserError(
                 f"Could not write {error.filename or 'a file'} ({error.strerror}); free some disk "
-                "space or choose a writable folder with paths.log_dir=..., then continue with "
-                f"ckpt_path={output_dir}."
+                f"space or choose a writable folder with paths.log_dir=..., then {_go_on(output_dir)}"
             ) from error
         raise
+
+
+def saved_step(path: Path) -> int | None:
+    """The global step of the checkpoint at ``path``; None when there is none (or unreadable)."""
+    if not path.is_file():
+        return None
+    try:
+        return int(
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+        )
+    except Exception:  # damaged, or not one of ours
+        return None
+
+
+def _go_on(output_dir: Path) -> str:
+    """How to go on after a stop: continue from the checkpoint there is, or start again."""
+    if saved_step(output_dir / "checkpoints" / "last.ckpt") is not None:
+        return f"continue it with: {continue_command(output_dir)}"
+    return "start it again (no checkpoint of it was saved)"
+
+
+def stop_message(trainer: L.Trainer, output_dir: Path, ctrl_c: bool) -> str:
+    """The one line for a run stopped by SIGTERM or Ctrl-C: the checkpoint it saved, or the one
+    it keeps (only one that exists), and the command that continues from it."""
+    saved = [c.saved_step for c in trainer.callbacks if isinstance(c, SigtermCheckpoint)]
+    kept = saved_step(output_dir / "checkpoints" / "last.ckpt")
+    if saved and saved[0] is not None:
+        where = f"saved checkpoints/last.ckpt at step {saved[0]}"
+    elif kept is not None:
+        where = (
+            "no checkpoint saved on the way out (it came during a validation); the last periodic "
+            f"checkpoints/last.ckpt, of step {kept}, is kept"
+        )
+    else:
+        where = "it came during the first validation, before any checkpoint was saved"
+    if kept is None:
+        then = "nothing to continue from: start the run again"
+    else:
+        then = f"continue it in a new run directory with: {continue_command(output_dir)}"
+    signal_name = "Ctrl-C (SIGINT)" if ctrl_c else "SIGTERM"
+    return f"Training stopped by {signal_name} at step {trainer.global_step}; {where}; {then}"

@@ -50,6 +50,9 @@ _NOISE_WARNINGS = (
     # a continued run writes into a directory of its own (as the README says): the earlier
     # run's best-k bookkeeping is meant to stay behind
     (r"The dirpath has changed from", r"lightning\.pytorch\.callbacks\.model_checkpoint"),
+    # on any machine with SLURM installed (a login node): a hint for multi-node jobs, which the
+    # SLURM launcher starts with srun itself (by message only: rank_zero_warn names its caller)
+    (r"The `srun` command is available on your system but is not used", ""),
 )
 
 
