@@ -1,7 +1,7 @@
 """Validation loss after 2000 steps at nanoGPT's CPU config, nanoGPT against ours, 3 seeds each.
 
-nanoGPT is run from a temporary copy of its files (``--peer``, e.g. ``../shared/peers/nanogpt``;
-nothing of it is part of this package), as its README runs it on a CPU, with two changes: its
+nanoGPT is run from a temporary copy of its files (``--peer``, a clone of nanoGPT; nothing of
+it is part of this package), as its README runs it on a CPU, with two changes: its
 hard-coded seed 1337 becomes each ``--seeds`` value, and it evaluates only at the start and the
 end (``--eval_interval=2000``) over 200 random batches a split (its config's own
 ``eval_iters``, not the README's 20, for a less noisy estimate). Our side is the sweep
@@ -10,7 +10,7 @@ end (``--eval_interval=2000``) over 200 random batches a split (its config's own
 
 whose jobs' final ``val/loss`` (the whole validation split) is read from their summary.json:
 
-    python benchmarks/vs_nanogpt_loss.py --peer ../shared/peers/nanogpt --ours <its sweep dir>
+    python benchmarks/vs_nanogpt_loss.py --peer <nanoGPT clone> --ours <its sweep dir>
 
 Prints each seed's loss, the means with 95% intervals and Welch's test of the difference; with
 ``--out``, writes the figures as JSON too. Needs ``LLM_SCRATCH_DATA_DIR`` (tinyshakespeare.txt).

@@ -1,16 +1,15 @@
 """The training step at nanoGPT's CPU config, ours against nanoGPT's, alternated in one process.
 
-``../shared/bench/vs-nanogpt`` times the two trainers from the command line, one invocation
-after the other; on a machine whose speed drifts by a third within minutes, its ratios swing
-from round to round. This times only what a step computes (forward, backward, gradient
-clipping at 1.0, the optimizer step, zeroing the gradients) for both models, in short blocks
-that alternate (ours, theirs, theirs, ours, ...) in one process, on the same batches, so the
+Timing the two trainers from the command line, one invocation after the other, gives ratios
+that swing from round to round on a machine whose speed drifts by a third within minutes. This
+times only what a step computes (forward, backward, gradient clipping at 1.0, the optimizer
+step, zeroing the gradients) for both models, in short blocks that alternate (ours, theirs, theirs, ours, ...) in one process, on the same batches, so the
 drift cancels in each pair's ratio. First it checks that the two compute the same thing: ours
 loads nanoGPT's initial weights, and both train 3 steps on the same batches; the largest
 difference between their losses is printed (rounding: nanoGPT's AdamW is the per-parameter
 loop, ours the fused kernel). Each side is built as its trainer builds it:
 
-- nanoGPT: its ``model.py`` (imported from ``--peer``, e.g. ``../shared/peers/nanogpt``; nothing
+- nanoGPT: its ``model.py`` (imported from ``--peer``, a clone of nanoGPT; nothing
   of it is part of this package), ``GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=64,
   bias=False, dropout=0.0, vocab_size=65)``, and its own ``configure_optimizers`` (weight decay
   0.1, lr 1e-3, betas 0.9/0.99; on a CPU it does not use the fused AdamW).
@@ -22,7 +21,7 @@ Both run in this process, so both get its allocator settings (``retain_freed_mem
 our trainer sets: the comparison leaves that advantage out). ``--compile`` compiles both
 models' forward as both trainers do (``torch.compile(model)``).
 
-    python benchmarks/vs_nanogpt_step.py --peer ../shared/peers/nanogpt --threads 1
+    python benchmarks/vs_nanogpt_step.py --peer <nanoGPT clone> --threads 1
 
 Prints each side's median ms per step and the median of the pairs' ratios with their range.
 """
