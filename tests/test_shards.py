@@ -119,6 +119,7 @@ def gpt2(shared_data_dir) -> BPETokenizer:
 @pytest.fixture
 def corpus(tmp_path) -> tuple[Path, list[str]]:
     docs = make_docs(200)
+    docs[3] += " <|endoftext|> in a document is text, not the end of it"
     return write_jsonl(tmp_path / "corpus.jsonl", docs), docs
 
 
@@ -156,6 +157,7 @@ def test_jsonl_documents_are_tokenized_whole_each_followed_by_end_of_text(corpus
     # the splits hold whole documents, in the source's order, none lost or repeated
     assert sorted(train + val) == sorted(expected)
     assert [d for d in expected if d in train] == train
+    assert all(d[-1] == eot and eot not in d[:-1] for d in train + val)
     for split, docs_in in (("train", train), ("val", val)):
         info = index["splits"][split]
         assert info["documents"] == len(docs_in)
@@ -630,8 +632,9 @@ def test_two_ddp_processes_read_disjoint_windows_that_make_one_epoch(corpus, tmp
     assert set(seen) == {tuple(w) for w in epoch[: len(epoch) - len(epoch) % 2]}
 
 
-def test_prepare_module_does_not_need_the_gpu_or_lightning():
-    code = "import sys, llm_scratch.data.prepare; print('lightning' in sys.modules)"
+def test_preparing_imports_neither_torch_nor_lightning():
+    # smaller and faster to start: the main process and each worker
+    code = "import sys, llm_scratch.data.prepare; print({'torch', 'lightning'} & set(sys.modules))"
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -639,4 +642,4 @@ def test_prepare_module_does_not_need_the_gpu_or_lightning():
         cwd=REPO,
         env=dict(os.environ, PYTHONPATH=str(REPO)),
     )
-    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
+    assert out.returncode == 0 and out.stdout.strip() == "set()", out.stderr

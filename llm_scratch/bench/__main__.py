@@ -91,6 +91,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--batch", type=int, default=8)
     s.add_argument("--batches", type=int, default=200, help="batches timed from the loader")
 
+    s = add("prepare", "preparing a JSONL corpus vs nanoGPT's; training start-up from shards")
+    s.add_argument("--jsonl", required=True, help="a JSON Lines file with a text field")
+    s.add_argument("--big-jsonl", help="a larger one (ours alone: throughput and peak RSS)")
+    s.add_argument("--workers", type=int, default=2, help="processes, for both")
+    s.add_argument("--repeats", type=int, default=1, help="alternated runs of each, best kept")
+    s.add_argument("--workdir", help="where the shards go meanwhile (default: the temp folder)")
+    s.add_argument("--no-training", action="store_true", help="skip the training start-up")
+    s.add_argument("--model", default="gpt-nano", help="the model of the start-up runs")
+
     s = add("all", "every benchmark with its defaults (several minutes on a CPU)")
     s.add_argument("overrides", nargs="*", help="Hydra overrides for throughput and overhead")
     return p
@@ -142,6 +151,18 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
         from llm_scratch.bench import data
 
         return data.run(args.scales, args.tokenizer, args.context, args.batch, args.batches)
+    if name == "prepare":
+        from llm_scratch.bench import prepare
+
+        return prepare.run(
+            args.jsonl,
+            args.big_jsonl,
+            args.workers,
+            args.repeats,
+            args.workdir,
+            training=not args.no_training,
+            model=args.model,
+        )
     raise ValueError(name)
 
 

@@ -2,7 +2,6 @@
 LightningDataModules."""
 
 from llm_scratch.data.corpora import CORPORA, cache_dir, corpus_path, data_dir, load_corpus
-from llm_scratch.data.datasets import EpochShuffleSampler, RandomWindowDataset, SlidingWindowDataset
 from llm_scratch.data.token_cache import tokenize_cached
 from llm_scratch.data.tokenizers import (
     BPETokenizer,
@@ -14,6 +13,12 @@ from llm_scratch.data.tokenizers import (
 
 
 def __getattr__(name: str):
+    # The datasets need torch, imported on first use: preparing a corpus (prepare.py) needs
+    # neither torch nor Lightning, and starts faster and smaller without them.
+    if name in ("EpochShuffleSampler", "RandomWindowDataset", "SlidingWindowDataset"):
+        from llm_scratch.data import datasets
+
+        return getattr(datasets, name)
     # The DataModules are imported on first use: they need Lightning, and the rest of the data
     # package (tokenizers, corpora) must stay usable without it, e.g. to load a checkpoint.
     if name == "LMDataModule":
