@@ -275,3 +275,134 @@ def test_sample_takes_the_lowest_validation_loss_of_several_best_checkpoints(tmp
         (tmp_path / "named" / "checkpoints" / f"best-step{step:06d}-val{val}.ckpt").write_bytes(b"")
     chosen = resolve_checkpoint(str(tmp_path / "named"), "sample")
     assert chosen.name == "best-step000004-val2.1000.ckpt"
+
+
+# ------------------------------------------------- messages that promise only what is there
+def _stopped_trainer(saved_step: int | None, global_step: int = 5):
+    from types import SimpleNamespace
+
+    from llm_scratch.train.callbacks import SigtermCheckpoint
+
+    callback = SigtermCheckpoint(dirpath="unused")
+    callback.saved_step = saved_step
+    return SimpleNamespace(callbacks=[callback], global_step=global_step)
+
+
+@pytest.mark.parametrize("ctrl_c", [True, False], ids=["ctrl-c", "sigterm"])
+def test_a_stop_message_promises_only_a_checkpoint_that_exists(tmp_path, ctrl_c):
+    import torch
+
+    from llm_scratch.train.commands import continue_command
+    from llm_scratch.train.failures import stop_message
+
+    run = tmp_path / "run"
+    run.mkdir()
+    # during the first validation: nothing saved, nothing kept, nothing to continue from
+    message = stop_message(_stopped_trainer(None), run, ctrl_c)
+    assert "kept" not in message and "ckpt_path" not in message, message
+    assert "before any checkpoint was saved" in message and "start the run again" in message
+    # during a later validation: the periodic checkpoint that is there, by its step
+    (run / "checkpoints").mkdir()
+    torch.save({"global_step": 4}, run / "checkpoints" / "last.ckpt")
+    message = stop_message(_stopped_trainer(None), run, ctrl_c)
+    assert "checkpoints/last.ckpt, of step 4, is kept" in message
+    assert message.endswith(continue_command(run)), message
+    # saved on the way out
+    message = stop_message(_stopped_trainer(5), run, ctrl_c)
+    assert "saved checkpoints/last.ckpt at step 5" in message
+
+
+def test_a_checkpoint_too_big_for_the_disk_promises_no_earlier_one(tmp_path, monkeypatch):
+    import errno
+
+    import torch
+
+    from llm_scratch.train.checkpointing import AtomicCheckpointIO
+
+    def full(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", full)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    with pytest.raises(UserError) as info:
+        AtomicCheckpointIO().save_checkpoint({"global_step": 1}, checkpoints / "last.ckpt")
+    message = str(info.value)
+    assert "No space left on device" in message and "kept" not in message, message
+    assert "no checkpoint of this run was saved before it" in message
+    assert "ckpt_path" not in message and "start the run again" in message
+    assert list(checkpoints.iterdir()) == []  # nor the temporary file
+
+
+@pytest.mark.parametrize("fails_at", [0, 1, 3], ids=["claim", "first-hydra-file", "last"])
+def test_a_full_disk_while_claiming_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, fails_at):
+    """The claim and .hydra/ are written in turn; the disk fills at any one of them: one line,
+    no claim, no half-written .hydra/, and the directory can be claimed again."""
+    import errno
+
+    import llm_scratch.utils.io as io
+
+    folder = tmp_path / "run"
+    cfg = compose_config(TINY, folder)
+    calls = []
+    real_write = io.atomic_write_text
+    real_fdopen = os.fdopen
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def write(path, text):
+        calls.append(path)
+        if len(calls) == fails_at:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            no_space()
+        return real_write(path, text)
+
+    def fdopen(fd, *args, **kwargs):
+        f = real_fdopen(fd, *args, **kwargs)
+        if fails_at == 0:
+            f.write = no_space
+        return f
+
+    monkeypatch.setattr(io, "atomic_write_text", write)
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    with pytest.raises(UserError, match=r"Cannot write to the run directory .*No space left"):
+        claim_run_dir(folder, None, cfg)
+    assert [p.name for p in folder.rglob("*")] == [], list(folder.rglob("*"))
+    monkeypatch.undo()
+    claim_run_dir(folder, None, cfg)
+
+
+def test_a_run_stopped_at_step_1_with_nothing_saved_releases_its_directory(tmp_path):
+    """A NaN loss at step 1 stops the run before any checkpoint: the claim and everything the
+    run wrote (metrics too) go, so the same hydra.run.dir can be used again."""
+    from llm_scratch.errors import NonFiniteLossError
+
+    folder = tmp_path / "run"
+    (folder).mkdir()
+    (folder / "train.log").write_text("the log of this start\n")
+    poison = [
+        "+callbacks.poison._target_=tests.reliability_helpers.PoisonLoss",
+        "+callbacks.poison.at_step=1",
+        "callbacks.finite_loss.check_every_n_steps=1",
+    ]
+    with pytest.raises(NonFiniteLossError, match="at step 1"):
+        train(compose_config([*TINY, *poison], folder))
+    assert sorted(p.name for p in folder.rglob("*")) == ["train.log"]  # the log stays
+    train(compose_config([*TINY, "trainer.max_steps=1"], folder))
+    assert (folder / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_a_run_directory_with_a_newline_in_its_name(tmp_path):
+    """No Lightning warning that previous log files will be deleted, and the printed commands
+    stay on one line and name the directory exactly."""
+    from llm_scratch.train.commands import continue_command, override
+
+    run = tmp_path / "two\nlines"
+    out = run_cli(SCRIPT, *TINY, "trainer.max_steps=2", override("hydra.run.dir", run))
+    assert out.returncode == 0, out.stderr[-3000:]
+    console = out.stdout + out.stderr
+    assert "will be deleted" not in console and "exists and is not empty" not in console
+    assert f"  continue: {continue_command(run)} trainer.max_steps=4" in console
+    assert (run / "checkpoints" / "last.ckpt").is_file()

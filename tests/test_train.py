@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 
 import pytest
 import torch
+import yaml
 from hydra.utils import instantiate
 
 from llm_scratch.errors import UserError
 from llm_scratch.model import GPTConfig
+from llm_scratch.train.commands import continue_command, override, sample_command
 from llm_scratch.train.job import train
 from llm_scratch.train.validate import validate_config
 from tests.helpers import FAST, REPO, column, compose_config, option_names, read_metrics, run_cli
@@ -241,13 +244,20 @@ def test_help_shows_the_projects_text_groups_and_defaults():
 
 
 def test_a_default_run_console_is_quiet_and_says_where_the_run_went(tmp_path):
+    # SLURM installed (a login node): Lightning's srun hint must not show either
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "srun").chmod(0o755)
+    path = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
     run = tmp_path / "run with a long name" / ("deep" * 30)
     result = run_cli(
         "training/run_experiment.py",
         "model=gpt-nano",
         "trainer.max_steps=2",  # ends before the first validation
         "trainer.limit_val_batches=1",
-        f"hydra.run.dir={run}",
+        override("hydra.run.dir", run),
+        env={"PATH": path},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     console = result.stdout + result.stderr
@@ -262,6 +272,8 @@ def test_a_default_run_console_is_quiet_and_says_where_the_run_went(tmp_path):
         "`weights_only` was not set",  # the checkpoint saved where the run ends
         "to estimate number of stepping batches",
         "Trainer already configured with model summary",
+        "srun",
+        "default_root_dir",  # the whole config: in the run directory, print_config=true prints it
     ):
         assert noise not in console, noise
     assert "ends the run before its first validation" in console  # our own warning stays
@@ -272,10 +284,19 @@ def test_a_default_run_console_is_quiet_and_says_where_the_run_went(tmp_path):
     # the run directory in full (not cut at 80 columns), at the start and with commands at the end
     assert f"Run directory: {run}\n" in console
     assert f"Run finished: {run}\n" in console
-    assert f"python training/sample.py ckpt_path={run}\n" in console
-    assert f"default_root_dir: {run}\n" in console  # the config, uncut in a non-terminal
+    assert f"{sample_command(run)}\n" in console
+    assert f"{continue_command(run)} trainer.max_steps=4" in console
+    assert f"in full: {run / 'config.yaml'}; print_config=true prints it" in console
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["trainer"]["default_root_dir"] == str(run)
     assert result.stderr.strip() == "", result.stderr
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+
+
+def test_print_config_prints_the_whole_config(tmp_path, capsys):
+    train(compose_config([*FAST, "trainer.max_steps=1", "print_config=true"], tmp_path / "run"))
+    out = capsys.readouterr().out
+    assert f"default_root_dir: {tmp_path / 'run'}\n" in out and "optimizer:" in out
 
 
 def _progress_trainer(global_step: int, done_in_epoch: int, epoch: int, run_steps: int):
@@ -402,3 +423,28 @@ def test_sample_takes_last_and_says_which_checkpoint(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"checkpoint: {run / 'checkpoints' / 'last.ckpt'}" in result.stderr
+
+
+def test_progress_lines_show_no_stale_validation_loss(capsys, monkeypatch):
+    """The line printed just before a validation showed the previous validation's val/loss as
+    if it were current: training lines show training figures; validation prints its own."""
+    from types import SimpleNamespace
+
+    from llm_scratch.train.callbacks import LineProgressBar
+
+    bar = LineProgressBar(refresh_rate=1)
+    trainer = SimpleNamespace(
+        num_training_batches=4,
+        global_step=4,
+        estimated_stepping_batches=8,
+        current_epoch=0,
+        is_global_zero=True,
+    )
+    bar._trainer = trainer
+    bar._first_step = 0
+    shown = {"train/loss": 2.5, "val/loss": 3.1, "val/ppl": 22.2, "v_num": 0}
+    monkeypatch.setattr(bar, "get_metrics", lambda trainer, module: shown)
+    bar.on_train_batch_end(trainer, None, None, None, 3)  # the epoch's last batch: validation next
+    out = capsys.readouterr().out
+    assert "step 4/8" in out and "train/loss 2.5" in out
+    assert "val/" not in out, out

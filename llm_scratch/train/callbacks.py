@@ -290,7 +290,10 @@ class LineProgressBar(ProgressBar):
             total, step = run_steps(trainer), trainer.global_step
             done = step - self._first_step
             eta = f", ETA {elapsed / done * (total - step):.0f}s" if done > 0 else ""
-            metrics = self._format(self.get_metrics(trainer, pl_module))
+            # the training figures only: a val/ figure here would be the previous validation's
+            # (validation prints its own line when it is done)
+            shown = self.get_metrics(trainer, pl_module)
+            metrics = self._format({k: v for k, v in shown.items() if not k.startswith("val/")})
             self._print(
                 f"step {step}/{total} (epoch {trainer.current_epoch}, batch {batch_idx + 1}/"
                 f"{per_epoch}) [{elapsed:.0f}s{eta}]  {metrics}"
