@@ -14,6 +14,7 @@ from pathlib import Path
 
 from llm_scratch.errors import UserError, report_user_error
 from llm_scratch.report import collect, write_report
+from llm_scratch.report.collect import SWEEP_MANIFEST
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,10 +45,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _title(dirs: list[Path], single_run: bool) -> str:
+    """Named by the folders (never their absolute paths): a run's, a sweep's, or runs'."""
     names = ", ".join(d.resolve().name or str(d) for d in dirs)
     if single_run:
         return f"Run report: {names}"
-    return f"{'Sweep report' if len(dirs) == 1 else 'Report'}: {names}"
+    sweep = len(dirs) == 1 and any(
+        (dirs[0] / name).exists() for name in ("multirun.yaml", SWEEP_MANIFEST)
+    )
+    return f"{'Sweep report' if sweep else 'Report'}: {names}"
 
 
 def main(argv: list[str] | None = None) -> int:
