@@ -314,6 +314,35 @@ def test_sigkill_then_the_same_command_continues_after_the_checked_shards(tmp_pa
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in whole.iterdir())
 
 
+@pytest.mark.slow
+def test_sigterm_stops_in_one_line_keeping_the_finished_shards(tmp_path):
+    source = write_jsonl(tmp_path / "c.jsonl", make_docs(400, seed=5))
+    args = ["training/prepare_data.py", f"source={source}", "workers=2", "chunk_bytes=2000"]
+    args += ["shard_tokens=3000", f"out={tmp_path / 'ds'}"]
+    stopped = run_cli(*args, env={prep.KILL_AFTER_UNITS_ENV: "20:TERM"})
+    assert stopped.returncode == 143
+    last = stopped.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: Interrupted by SIGTERM;") and "run the same command" in last
+    assert "Traceback" not in stopped.stderr
+    names = sorted(p.name for p in (tmp_path / "ds").iterdir())
+    assert not any(n.endswith(".bin.tmp") and "_docs" not in n for n in names)  # no half shard
+    assert "train_000000.bin" in names and "index.json" not in names
+    finished = run_cli(*args)
+    assert finished.returncode == 0 and "continuing after" in finished.stderr, finished.stderr
+    run_prepare(source, tmp_path / "whole", chunk_bytes=2000, shard_tokens=3000, val_fraction=0.01)
+    assert shard_bytes(tmp_path / "ds") == shard_bytes(tmp_path / "whole")
+
+
+def test_training_on_a_folder_that_is_not_a_dataset_is_one_line(tmp_path):
+    result = run_cli("training/run_experiment.py", "data=shards", f"data.path={tmp_path / 'nope'}")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert (
+        len(lines) == 1 and lines[0].startswith("error: ") and "not a prepared dataset" in lines[0]
+    )
+    assert "training/prepare_data.py source=" in lines[0]
+
+
 def _double(unit: int) -> int:
     return 2 * unit
 

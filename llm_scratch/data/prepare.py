@@ -55,7 +55,7 @@ from llm_scratch.data.shards import (
     write_index,
 )
 from llm_scratch.data.tokenizers import BPETokenizer, CharTokenizer, Tokenizer
-from llm_scratch.errors import UserError
+from llm_scratch.errors import Interrupted, Preempted, UserError
 from llm_scratch.utils.io import atomic_write_text
 
 STATE = ".prepare.json"
@@ -65,7 +65,8 @@ SHARD_TMP_RE = re.compile(r"\.(train|val)_\d{6}\.bin\.tmp")
 EOT_CHARS = ("\x03", "\x04", "\x1c", "\x1d", "\x1e", "\x1f", "\ufffe")
 NAMED_SEPARATOR = "\n\n"  # the named corpora are one text each: their paragraphs are documents
 MAX_SHOWN = 5
-# Fault injection for the tests: SIGKILL the prepare after this many units (a hard crash).
+# Fault injection for the tests: a signal to the prepare after this many units ("20": SIGKILL,
+# a hard crash; "20:TERM": SIGTERM).
 KILL_AFTER_UNITS_ENV = "LLM_SCRATCH_PREPARE_KILL_AFTER_UNITS"
 
 
@@ -85,7 +86,7 @@ class PrepareSettings:
     val_docs: int | None = None
     seed: int = 1337
     shard_tokens: int = 100_000_000
-    chunk_bytes: int = 4 << 20
+    chunk_bytes: int = 1 << 20
     workers: int | None = None
     strict: bool = False
     progress: str = "auto"
@@ -980,11 +981,15 @@ def _pool(workers: int, config: dict[str, Any]) -> Any:
     return ctx.Pool(workers, initializer=_init_worker, initargs=(config,))
 
 
+_SIGTERM_SEEN: list[int] = []
+
+
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM stops the prepare as Ctrl-C does (the finished shards stay for a resume)."""
 
     def handler(signum: int, frame: Any) -> None:
+        _SIGTERM_SEEN.append(signum)
         raise KeyboardInterrupt
 
     try:
@@ -1109,7 +1114,10 @@ def _tokenize(
     docs_seen = last["docs_seen"] if last else 0
     skipped = dict(last["skipped"]) if last else {"empty": 0, "non_utf8": 0, "non_utf8_names": []}
     selector = ValSelector(settings, state.get("total_docs"))
-    kill_after = int(os.environ.get(KILL_AFTER_UNITS_ENV, "0") or 0)
+    # the tests' fault injection: "<units>" (SIGKILL) or "<units>:TERM"
+    kill_after, _, kill_signal = os.environ.get(KILL_AFTER_UNITS_ENV, "0").partition(":")
+    kill_after = int(kill_after or 0)
+    kill_with = signal.SIGTERM if kill_signal == "TERM" else signal.SIGKILL
 
     progress = Progress("none", None)
     pool = None
@@ -1146,7 +1154,8 @@ def _tokenize(
                 if outputs["train"].open_tokens >= settings.shard_tokens:
                     _checkpoint(out, state, outputs, units_done, docs_seen, skipped)
                 if kill_after and units_done >= kill_after:
-                    os.kill(os.getpid(), signal.SIGKILL)
+                    kill_after = 0
+                    os.kill(os.getpid(), kill_with)
             if any(o.open_tokens for o in outputs.values()):
                 _checkpoint(out, state, outputs, units_done, docs_seen, skipped)
     except KeyboardInterrupt:
@@ -1157,8 +1166,10 @@ def _tokenize(
             pool.terminate()
             pool.join()
         finished = sum(len(cp["new"]) for cp in state["checkpoints"])
-        raise UserError(
-            f"Interrupted; {finished} finished shard(s) kept in {out}: run the same command to continue."
+        stopped = Preempted if _SIGTERM_SEEN else Interrupted  # exit status 143 or 130
+        raise stopped(
+            f"Interrupted by {'SIGTERM' if _SIGTERM_SEEN else 'Ctrl-C'}; {finished} finished "
+            f"shard(s) kept in {out}: run the same command to continue."
         ) from None
     except BaseException:
         progress.close()
