@@ -312,6 +312,20 @@ def test_a_stop_message_promises_only_a_checkpoint_that_exists(tmp_path, ctrl_c)
     assert "saved checkpoints/last.ckpt at step 5" in message
 
 
+def test_a_stopped_sweep_job_names_no_command_of_its_own(tmp_path, monkeypatch):
+    """A sweep prints one command, the sweep's: its job's line points there."""
+    import torch
+
+    from llm_scratch.sweep_env import SWEEP_ID_ENV
+    from llm_scratch.train.failures import stop_message
+
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({"global_step": 4}, tmp_path / "checkpoints" / "last.ckpt")
+    monkeypatch.setenv(SWEEP_ID_ENV, "sweep-1")
+    message = stop_message(_stopped_trainer(5), tmp_path, ctrl_c=False)
+    assert "python" not in message and "sweep's own command continues it" in message
+
+
 def test_a_checkpoint_too_big_for_the_disk_promises_no_earlier_one(tmp_path, monkeypatch):
     import errno
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from llm_scratch.compat import stop_at_batch_end
 from llm_scratch.errors import Interrupted, Preempted, UserError
+from llm_scratch.sweep_env import SWEEP_ID_ENV
 from llm_scratch.train.callbacks import SigtermCheckpoint
 from llm_scratch.train.commands import continue_command
 from llm_scratch.utils.memory import is_out_of_memory
@@ -55,8 +57,8 @@ def ctrl_c_stops_at_batch_end(trainer: L.Trainer) -> Iterator[list[int]]:
             raise KeyboardInterrupt
         received.append(signum)
         log.warning(
-            "Ctrl-C: stopping at the end of this batch with checkpoints/last.ckpt; press Ctrl-C "
-            "again to stop at once without saving."
+            "Ctrl-C: stopping at the end of this batch (saving checkpoints/last.ckpt unless it "
+            "came during a validation); press Ctrl-C again to stop at once without saving."
         )
         stop_at_batch_end(trainer)
 
@@ -121,6 +123,8 @@ def saved_step(path: Path) -> int | None:
 
 def _go_on(output_dir: Path) -> str:
     """How to go on after a stop: continue from the checkpoint there is, or start again."""
+    if os.environ.get(SWEEP_ID_ENV):
+        return "continue the sweep with its own command"
     if saved_step(output_dir / "checkpoints" / "last.ckpt") is not None:
         return f"continue it with: {continue_command(output_dir)}"
     return "start it again (no checkpoint of it was saved)"
@@ -140,7 +144,9 @@ def stop_message(trainer: L.Trainer, output_dir: Path, ctrl_c: bool) -> str:
         )
     else:
         where = "it came during the first validation, before any checkpoint was saved"
-    if kept is None:
+    if os.environ.get(SWEEP_ID_ENV):
+        then = "the sweep's own command continues it (printed when the sweep stops)"
+    elif kept is None:
         then = "nothing to continue from: start the run again"
     else:
         then = f"continue it in a new run directory with: {continue_command(output_dir)}"
