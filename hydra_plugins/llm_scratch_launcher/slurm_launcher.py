@@ -44,6 +44,7 @@ from hydra_plugins.llm_scratch_launcher.continuation import (
     MultirunYaml,
     check_same_sweep,
     claim_job_dir,
+    continue_command,
     job_state,
     prepare_restart,
     read_marker,
@@ -84,6 +85,7 @@ _PASSED = (
 )
 # written into each job's SLURM comment: a continuation finds the sweep's jobs still queued
 _COMMENT = "llm_scratch-sweep:"
+_STOPPED = "stopped by SIGTERM"  # a job's result after it saved last.ckpt and stopped
 _NO_SLURM = (
     "; run the sweep on a SLURM cluster's login node, start a local one-node cluster with "
     "`bash scripts/slurm_local.sh start`, or leave out hydra/launcher=slurm to run the jobs here."
@@ -510,6 +512,13 @@ if _SubmititSlurmLauncher is not None:
                 to_run.append((idx, overrides))
             if to_run:
                 self._run(to_run, configs, job_dirs, resources, partition, results)
+            failed = [r for r in results.values() if r.status == JobStatus.FAILED]
+            for r in failed:  # the sweeper raises the first one: say how to go on
+                r._return_value.args = (
+                    f"{r._return_value} ({len(failed)} of {len(jobs)} job(s) failed). Continue "
+                    "the sweep (finished jobs are kept, stopped ones continue from their "
+                    f"last.ckpt, the others run) with: {continue_command(sweep_dir)}",
+                )
             log.info(
                 "Sweep directory: %s; its report: python training/report.py %s",
                 sweep_dir.resolve(),
@@ -586,22 +595,24 @@ if _SubmititSlurmLauncher is not None:
             """The job's result once it has ended; a failure as one line naming its log."""
             from hydra_plugins.llm_scratch_launcher.subprocess_launcher import JobFailed
 
-            error = None
             try:
                 ret = job.results()[0]
-            except Exception as failure:  # ended without a result: killed, or cancelled
-                ret, error = None, failure
+            except Exception:  # ended without a result: killed before it could write one
+                ret = None
             if ret is not None and ret.status == JobStatus.COMPLETED:
                 log.info("\t#%d finished (SLURM job %s)", idx, job.job_id)
                 return self._finished(idx, overrides, config, job_dir)
-            said = _last_error_line(job.paths.stderr) or (
-                str(ret._return_value) if ret is not None else type(error).__name__
-            )
+            stopped = ret is not None and str(ret._return_value) == _STOPPED
+            if stopped:
+                what = "was stopped by SIGTERM after saving its checkpoints/last.ckpt"
+            else:
+                said = _last_error_line(job.paths.stderr) or "it ended without a result"
+                what = f"failed: {said}"
             failed = self._job_return(overrides, config, job_dir)
             failed.status = JobStatus.FAILED
             failed.return_value = JobFailed(
-                f"Sweep job #{idx} ({' '.join(overrides)}) failed on SLURM (job {job.job_id}, "
-                f"{job.state}): {said}; its output is in {job.paths.stderr}",
+                f"Sweep job #{idx} ({' '.join(overrides)}) {what} (SLURM job {job.job_id}, "
+                f"{job.state}; its output: {job.paths.stderr})",
                 1,
             )
             return failed
@@ -630,5 +641,5 @@ if _SubmititSlurmLauncher is not None:
                 # the job's error line is in its log; the sweep names it
                 ret = JobReturn()
                 ret.status = JobStatus.FAILED
-                ret.return_value = UserError(f"exit code {code}")
+                ret.return_value = UserError(_STOPPED if code == 143 else f"exit code {code}")
                 return ret
