@@ -18,6 +18,7 @@ Log-likelihoods come from :func:`llm_scratch.eval.scorer.score_tokens`, the same
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any
 
@@ -37,6 +38,7 @@ from llm_scratch.sample import resolve_device
 
 # (lm_eval.models is imported above because recent versions register the harness's own models
 # only on the first lookup in an empty registry: ours alone in it would hide "hf" and the rest)
+log = logging.getLogger(__name__)
 NAME = "llm_scratch"
 DEFAULT_MAX_GEN_TOKS = 256
 
@@ -80,6 +82,7 @@ class LLMScratchLM(LM):
             # the harness passes device=None, or "cuda" from older command lines' default
             name = "auto" if device in (None, "") else str(device)
             if name.startswith("cuda") and not torch.cuda.is_available():
+                log.warning("device=%s but torch sees no CUDA GPU: evaluating on the CPU", name)
                 name = "cpu"
             path = resolve_checkpoint(
                 str(ckpt_path), "sample", os.environ.get("LLM_SCRATCH_LOG_DIR", "outputs")
