@@ -116,6 +116,13 @@ def test_a_change_to_what_is_trained_is_refused_in_one_line(tmp_path, first_run,
     assert not run.exists()  # nothing left behind
 
 
+def test_a_run_that_reached_its_length_says_to_give_a_new_one(tmp_path, first_run):
+    # with its own config the run would train no step at all (its max_steps is reached)
+    with pytest.raises(UserError, match=r"at step 2, and trainer.max_steps=2: nothing left.*=4"):
+        train(compose_config([f"ckpt_path={first_run}"], tmp_path / "continued"))
+    assert not (tmp_path / "continued").exists()
+
+
 def test_a_change_that_is_meant_is_allowed(tmp_path, first_run):
     run = tmp_path / "continued"
     overrides = [f"ckpt_path={first_run}", "optimizer.lr=0.001", "trainer.max_steps=3"]

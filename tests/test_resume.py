@@ -224,7 +224,7 @@ def test_epoch_loss_after_max_steps_stopped_mid_epoch(tmp_path, uninterrupted_ep
     first = tmp_path / "first"
     train(compose_config([*TINY, f"trainer.max_steps={STOP_AT}"], first))
     continued = tmp_path / "continued"
-    train(compose_config([*TINY, f"ckpt_path={first}"], continued))
+    train(compose_config([*TINY, "trainer.max_steps=-1", f"ckpt_path={first}"], continued))
     assert epoch_losses(continued) == pytest.approx(uninterrupted_epoch_losses, rel=1e-6)
 
 

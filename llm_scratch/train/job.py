@@ -242,6 +242,11 @@ def next_commands(run_dir: Path, trainer: Any = None) -> str:
     )
 
 
+def hparams_step(ckpt_path: str) -> int:
+    """The global step a checkpoint was saved at (0 when it does not say)."""
+    return int(read_checkpoint(ckpt_path, mmap=True).get("global_step", 0))
+
+
 def _short_config(output_dir: Path) -> str:
     """The config in one line: the options chosen and the overrides given (in full: the run
     directory's config.yaml; ``print_config=true`` prints it)."""
@@ -284,6 +289,12 @@ def _continuation_changes(
         changes = hparams_changes(hparams, optimizer, scheduler)
         continued = ckpt_path
     check_continuation(changes, continued, bool(cfg.get("continue_with_changes")))
+    step, max_steps = int(hparams_step(ckpt_path)), cfg.trainer.get("max_steps") or -1
+    if cfg.get("train", True) and 0 < max_steps <= step:
+        raise UserError(
+            f"ckpt_path={ckpt_path} is at step {step}, and trainer.max_steps={max_steps}: "
+            f"nothing left to train. Give the new length, e.g. trainer.max_steps={2 * step}."
+        )
     log.info(
         "Continuing %s with its config; %s",
         shown_path(Path(continued)),
