@@ -480,6 +480,7 @@ if _SubmititSlurmLauncher is not None:
         ) -> Sequence[JobReturn]:
             self._sweep_id = write_manifest(sweep_dir, dict(jobs), job_dirs)
             self._sweep_dir = str(sweep_dir)
+            self._sweep_dir_path = sweep_dir
             self._job_dirs = {idx: str(d) for idx, d in job_dirs.items()}
             states = {idx: job_state(job_dirs[idx]) for idx, _ in jobs}
             log.info("Sweep directory: %s", sweep_dir.resolve())
@@ -571,8 +572,18 @@ if _SubmititSlurmLauncher is not None:
                 resources.mem_gb,
                 f", {resources.gpus_per_node} GPU(s)" if resources.gpus_per_node else "",
             )
-            for (idx, overrides), job in zip(to_run, submitted, strict=True):
-                results[idx] = self._collect(idx, overrides, configs[idx], job_dirs[idx], job)
+            try:
+                for (idx, overrides), job in zip(to_run, submitted, strict=True):
+                    results[idx] = self._collect(idx, overrides, configs[idx], job_dirs[idx], job)
+            except KeyboardInterrupt:  # Ctrl-C stops the waiting, not the jobs
+                ids = " ".join(j.job_id for j in submitted)
+                stopped = UserError(
+                    f"Stopped waiting; the sweep's SLURM jobs go on ({ids}: squeue shows them, "
+                    f"scancel {ids} stops them). Once they have ended, the same command keeps the "
+                    f"finished jobs and continues the others: {continue_command(self._sweep_dir_path)}"
+                )
+                stopped.exit_code = 130
+                raise stopped from None
 
         def _job_return(self, overrides, config, job_dir: Path) -> QuietJobReturn:
             return QuietJobReturn(
