@@ -250,6 +250,10 @@ def test_an_example_longer_than_the_context_is_cut_from_the_left_and_counted(tmp
     assert evaluate_task(model, tokenizer, task).truncated == 1
     with pytest.raises(UserError, match="continuation of 20 tokens is longer than the model's"):
         score_tokens(model, [(context[:1], context[:20])])
+    records = [{"context": "the", "choices": ["sky", "sky " * 5], "label": 0}]
+    task = read_task(write_jsonl(tmp_path / "longer.jsonl", records))
+    with pytest.raises(UserError, match=r"longer.jsonl, line 1: choice 1 is 21 tokens, longer"):
+        evaluate_task(model, tokenizer, task)
 
 
 def test_a_character_the_char_tokenizer_lacks_is_one_line_naming_the_example(tmp_path):

@@ -64,7 +64,8 @@ class TaskEvaluator(L.Callback):
             return
         tokenizer = trainer.datamodule.tokenizer
         if self._encoded is None:  # the data module's tokenizer exists once the data is set up
-            self._encoded = [encode_task(task, tokenizer) for task in self.tasks]
+            window = pl_module.model.config.context_length
+            self._encoded = [encode_task(task, tokenizer, window) for task in self.tasks]
         metrics = {}
         for task, pairs in zip(self.tasks, self._encoded, strict=True):
             result = evaluate_task(pl_module.model, tokenizer, task, self.batch_size, pairs)

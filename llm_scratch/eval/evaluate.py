@@ -59,8 +59,9 @@ def evaluate(cfg: EvaluateConfig) -> tuple[dict[str, Any], Path]:
     except OSError as error:
         raise UserError(f"Cannot create {out.parent} for out= ({error.strerror}).") from error
     model, tokenizer, checkpoint = load_model(path, device=device)
-    # every task tokenized before any is scored: a character the tokenizer lacks fails now
-    encoded = [encode_task(task, tokenizer) for task in tasks]
+    # every task tokenized before any is scored: a character the tokenizer lacks, or a choice
+    # longer than the model's context, fails now
+    encoded = [encode_task(task, tokenizer, model.config.context_length) for task in tasks]
     results: list[TaskResult] = []
     for task, pairs in zip(tasks, encoded, strict=True):
         results.append(evaluate_task(model, tokenizer, task, cfg.batch_size, pairs))

@@ -9,7 +9,7 @@ it, so the padding after a row changes none of its logits, and only the continua
 positions are read (their hidden states alone go through the LM head). A pair longer than the
 model's context is cut from the left, as the harness does (the continuation is kept whole and
 the context loses its first tokens); such examples are counted. A continuation longer than the
-context itself cannot be scored and is refused.
+context itself cannot be scored and is refused, naming its task file and line.
 
 Per example, three predictions (the harness's and llm.c's): ``acc``, the choice with the
 highest summed log-likelihood; ``acc_norm``, the highest per character of the choice
@@ -180,15 +180,26 @@ def mean_and_stderr(outcomes: Sequence[float]) -> tuple[float, float | None]:
     return mean, float(values.std(ddof=1) / math.sqrt(len(values)))
 
 
-def encode_task(task: Task, tokenizer: Tokenizer) -> list[tuple[list, list]]:
-    """The (context, continuation) tokens of every choice of every example, in order."""
+def encode_task(
+    task: Task, tokenizer: Tokenizer, context_length: int | None = None
+) -> list[tuple[list, list]]:
+    """The (context, continuation) tokens of every choice of every example, in order; a choice
+    longer than ``context_length`` (the model's) is refused, naming its line."""
     pairs = []
     for example in task.examples:
+        where = f"{task.path}, line {example.line}"
         try:
-            for choice in example.choices:
-                pairs.append(encode_pair(tokenizer, example.context, TARGET_DELIMITER + choice))
+            for n, choice in enumerate(example.choices):
+                pair = encode_pair(tokenizer, example.context, TARGET_DELIMITER + choice)
+                if context_length is not None and len(pair[1]) > context_length:
+                    raise UserError(
+                        f"choice {n} is {len(pair[1])} tokens, longer than the model's context "
+                        f"of {context_length}, so it cannot be scored; shorten it, or evaluate "
+                        "a model with a longer context"
+                    )
+                pairs.append(pair)
         except UserError as error:
-            raise UserError(f"{task.path}, line {example.line}: {error}") from error
+            raise UserError(f"{where}: {error}") from error
     return pairs
 
 
@@ -202,7 +213,7 @@ def evaluate_task(
     """Score every choice of every example of ``task`` and return its accuracies; ``pairs``:
     the task already encoded (:func:`encode_task`)."""
     if pairs is None:
-        pairs = encode_task(task, tokenizer)
+        pairs = encode_task(task, tokenizer, model.config.context_length)
     scores = iter(score_tokens(model, pairs, batch_size))
     hits = {"acc": [], "acc_norm": [], "acc_per_token": []}
     logprobs, truncated = [], 0
