@@ -262,3 +262,21 @@ def unknown_key_message(cause: BaseException | None) -> str | None:
     where = f"in {section}" if section else "at the top level"
     hint = f" Did you mean {' or '.join(prefix + c for c in close)}?" if close else ""
     return f"{full_key} is not a config key.{hint} The keys {where}: {', '.join(known)}."
+
+
+# ----------------------------------------------------------------------------- Hydra's overrides
+def apply_overrides(cfg: Any, overrides: list[str]) -> None:
+    """Apply command-line ``overrides`` (``key=value``, ``+key=value``, ``~key``) to a composed
+    config in place, as Hydra applies them when it composes: the same parser and the same
+    merge, so a value arrives typed as it would from the command line. Raises Hydra's or
+    OmegaConf's exception where Hydra would refuse the override. Config group overrides
+    (``model=gpt2``) need a composition: use :func:`llm_scratch.train.compose.compose_config`.
+
+    Hydra 1.3 applies them in the private ``ConfigLoaderImpl._apply_overrides_to_config``;
+    used by tests/test_boundary.py to try thousands of values without composing each time.
+    """
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides=overrides)
+    ConfigLoaderImpl._apply_overrides_to_config(parsed, cfg)

@@ -20,6 +20,9 @@ from llm_scratch.data.tokenizers import Tokenizer
 from llm_scratch.errors import UserError, report_user_error
 from llm_scratch.utils.io import parse_user_json, read_user_text
 
+MAX_SAMPLES = 65_536
+MAX_NEW_TOKENS = 1_000_000
+
 
 @dataclass
 class SampleConfig:
@@ -34,8 +37,10 @@ class SampleConfig:
     # batches of batch_size, each printed with its response)
     prompts_file: str | None = field(default=None, metadata=check(nonempty=True))
     batch_size: int = field(default=8, metadata=check(ge=1))
-    num_samples: int = field(default=1, metadata=check(ge=1))
-    max_new_tokens: int = field(default=200, metadata=check(ge=1))
+    # the samples of a prompt are generated as one batch
+    num_samples: int = field(default=1, metadata=check(ge=1, le=MAX_SAMPLES))
+    # generated one at a time: a million is hours on a GPU
+    max_new_tokens: int = field(default=200, metadata=check(ge=1, le=MAX_NEW_TOKENS))
     temperature: float = field(default=0.8, metadata=check(ge=0, why="0: greedy"))
     top_k: int | None = field(default=200, metadata=check(ge=1, why="null: all tokens"))
     top_p: float | None = field(default=None, metadata=check(gt=0, le=1, why="null: off"))

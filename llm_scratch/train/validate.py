@@ -47,7 +47,7 @@ from llm_scratch.constraints import (
     declared,
     generic_problem,
 )
-from llm_scratch.errors import UserError
+from llm_scratch.errors import UserError, one_line
 from llm_scratch.train.boundary import configured
 from llm_scratch.train.config_store import PathsSchema, TrainSchema
 from llm_scratch.train.optim import OptimizerConfig, SchedulerConfig
@@ -187,6 +187,11 @@ def _matches(value: Any, annotation: Any) -> bool:
         return isinstance(value, (list, tuple, ListConfig))
     if origin is dict or annotation is dict:
         return isinstance(value, (dict, DictConfig))
+    if inspect.isclass(annotation) and isinstance(value, list | dict | ListConfig | DictConfig):
+        # an object of that class is built from a node with a _target_, never from a plain
+        # list or mapping (unless the class is one)
+        kinds = (list, tuple, typing.Sequence, dict, typing.Mapping)
+        return issubclass(annotation, kinds)
     return True  # a type we do not check (objects built elsewhere, enums, ...)
 
 
@@ -349,10 +354,15 @@ class _Checker:
 
     def target(self, path: str, node: DictConfig, group: str, typed: bool = True) -> None:
         try:
-            target = get_object(node._target_)
+            target = get_object(str(node._target_))
+            if not callable(target):
+                raise TypeError(f"{target!r} is neither a class nor a function")
+            consumer_params(target)
         except Exception as error:
+            reason = one_line(str(error)).rstrip(".")
             raise UserError(
-                f"Config key '{path}._target_'={node._target_!r} cannot be imported: {error}"
+                f"Config key '{path}._target_'={node._target_!r} cannot be instantiated: "
+                f"{reason}; give the dotted path of a class, e.g. the default's."
             ) from error
         self.fields(path, node, target, group, typed)
 
@@ -450,6 +460,8 @@ def validate_config(cfg: DictConfig) -> None:
     _required_groups(job)
     _check_resolves("", job)
     raw = OmegaConf.to_container(cfg, resolve=False)  # with hydra: hydra.run.dir uses task_name
+    # resolved once: the checks below read every value, some more than once
+    job = OmegaConf.create(OmegaConf.to_container(job, resolve=True))
     checker = _Checker(job, raw)
     # the top-level sections first: a value interpolated into a callback is refused as its own
     for section, schema in SCHEMA_SECTIONS.items():
