@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torchmetrics import Metric
 
 
@@ -53,11 +54,10 @@ class BitsPerByte(Metric):
     """Bits per byte over a validation: the summed cross-entropy (nats) of the target tokens
     divided by ln 2 and by the UTF-8 bytes those targets stand for (nanochat's ``val/bpb``).
 
-    Tokens of 0 bytes (special tokens such as ``<|endoftext|>``) and masked targets (-100) are
-    left out of both sums, so the figure does not depend on the tokenizer: a character model
-    and a BPE model of the same text compare directly. ``update`` only adds on the device; the
-    sums are reduced across processes at ``compute``. Not saved in checkpoints (a validation
-    never spans one).
+    The figure does not depend on the tokenizer: a character model and a BPE model of the same
+    text compare directly. ``update`` adds a batch's sums (see :func:`bpb_sums`) on the device;
+    the sums, not per-batch ratios, are reduced across processes at ``compute``. Not saved in
+    checkpoints (a validation never spans one).
     """
 
     is_differentiable = False
@@ -72,19 +72,36 @@ class BitsPerByte(Metric):
         self.add_state("nats", default=torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("bytes", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
 
-    def update(
-        self, token_losses: torch.Tensor, targets: torch.Tensor, byte_lengths: torch.Tensor
-    ) -> None:
-        """Add a batch: ``token_losses`` (the cross-entropy of each target, any shape),
-        ``targets`` (the same shape, -100 where masked) and the tokenizer's per-id
-        ``byte_lengths``."""
-        targets = targets.reshape(-1)
-        lengths = byte_lengths[targets.clamp(min=0)] * (targets >= 0)
-        counted = lengths > 0
-        losses = token_losses.detach().reshape(-1).float()
-        # where, not multiply: a masked target's loss may be anything (0, or not finite)
-        self.nats += torch.where(counted, losses, torch.zeros_like(losses)).sum()
-        self.bytes += lengths.sum()
+    def update(self, nats: torch.Tensor, n_bytes: torch.Tensor) -> None:
+        """Add a batch's summed cross-entropy ``nats`` over its ``n_bytes`` bytes."""
+        self.nats += nats.detach().float()
+        self.bytes += n_bytes
 
     def compute(self) -> torch.Tensor:
         return self.nats / (math.log(2) * self.bytes)
+
+
+def bpb_sums(
+    loss: torch.Tensor,
+    n_targets: int,
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    byte_lengths: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(nats, bytes) of a batch for :class:`BitsPerByte`, as nanochat counts them: the targets'
+    summed cross-entropy and their UTF-8 bytes (``byte_lengths`` per token id), leaving out
+    masked targets (-100) and tokens of 0 bytes (special tokens such as ``<|endoftext|>``).
+
+    The sum is ``loss`` (the mean over the ``n_targets`` targets) times ``n_targets``, less the
+    cross-entropy of the special-token targets, computed for those rows alone: a second
+    softmax over every position would cost as much as the loss itself. Finding them reads one
+    value back from the device per batch."""
+    targets = targets.reshape(-1)
+    lengths = byte_lengths[targets.clamp(min=0)] * (targets >= 0)
+    nats = loss.detach().float() * n_targets
+    special = (lengths == 0) & (targets >= 0)
+    if bool(special.any()):
+        rows = special.nonzero().squeeze(1)
+        picked = logits.detach().reshape(-1, logits.size(-1))[rows].float()
+        nats = nats - F.cross_entropy(picked, targets[rows], reduction="sum")
+    return nats, lengths.sum()

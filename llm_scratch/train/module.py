@@ -7,7 +7,6 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 
 from llm_scratch.checkpoint import load_init_weights as load_initial_model_weights
@@ -22,7 +21,7 @@ from llm_scratch.errors import UserError
 from llm_scratch.model import GPTConfig
 from llm_scratch.model.factory import build_model
 from llm_scratch.train.checkpointing import get_rng_states, set_rng_states
-from llm_scratch.train.metrics import BitsPerByte, TokenWeightedMean
+from llm_scratch.train.metrics import BitsPerByte, TokenWeightedMean, bpb_sums
 from llm_scratch.train.optim import OptimizerConfig, SchedulerConfig, build_adamw, lr_multiplier
 from llm_scratch.train.sharding import configure_sharding
 from llm_scratch.utils.memory import is_out_of_memory
@@ -179,11 +178,7 @@ class GPTLightningModule(L.LightningModule):
         if lengths is not None:
             if lengths.device != y.device:  # once: the table is made before the model moves
                 lengths = self.token_byte_lengths = lengths.to(y.device)
-            # each target's cross-entropy (the loss above is their mean): bits per byte
-            token_losses = F.cross_entropy(
-                logits.flatten(0, 1).float(), y.flatten(), ignore_index=-100, reduction="none"
-            )
-            self.val_bpb.update(token_losses, y, lengths)
+            self.val_bpb.update(*bpb_sums(loss, n_targets, logits, y, lengths))
 
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()  # synced across processes by torchmetrics
