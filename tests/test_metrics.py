@@ -190,3 +190,20 @@ def test_a_run_logs_val_bpb_beside_val_loss(tmp_path):
     rows = [r for r in read_metrics(tmp_path / "run") if r.get("val/bpb")]
     assert len(rows) == 1
     assert float(rows[0]["val/bpb"]) == pytest.approx(float(rows[0]["val/loss"]) / math.log(2))
+
+
+def test_the_data_modules_end_of_text_id_counts_no_bytes():
+    """Prepared character shards reserve a control character as end of text: the data module
+    names its id, and val/bpb counts it as it counts <|endoftext|>: no bytes."""
+    from types import SimpleNamespace
+
+    from llm_scratch.data.tokenizers import CharTokenizer
+    from llm_scratch.train.module import _token_byte_lengths
+
+    tokenizer = CharTokenizer("ab€\x03")  # ids: \x03 0, a 1, b 2, € 3
+    plain = _token_byte_lengths(SimpleNamespace(tokenizer=tokenizer), None)
+    assert plain.tolist() == [1, 1, 1, 3]
+    shards = SimpleNamespace(tokenizer=tokenizer, eos_id=0)
+    assert _token_byte_lengths(shards, None).tolist() == [0, 1, 1, 3]
+    described = _token_byte_lengths(None, tokenizer.to_dict())  # no data module: the hparams'
+    assert described.tolist() == [1, 1, 1, 3]

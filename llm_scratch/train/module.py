@@ -240,7 +240,15 @@ def _token_byte_lengths(datamodule: Any, described: dict | None) -> torch.Tensor
     if tokenizer is None and described:
         tokenizer = tokenizer_from_dict(described)
     lengths = getattr(tokenizer, "token_byte_lengths", None)
-    return torch.tensor(lengths(), dtype=torch.long) if lengths is not None else None
+    if lengths is None:
+        return None
+    table = torch.tensor(lengths(), dtype=torch.long)
+    # the data's end-of-text id counts no bytes either (prepared character shards reserve a
+    # control character for it, which the character tokenizer alone takes for text)
+    eos_id = getattr(datamodule, "eos_id", None)
+    if isinstance(eos_id, int) and 0 <= eos_id < len(table):
+        table[eos_id] = 0
+    return table
 
 
 def _describe(model: dict) -> str:
