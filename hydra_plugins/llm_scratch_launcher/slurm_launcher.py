@@ -410,7 +410,25 @@ def _last_error_line(path: Path) -> str | None:
     return None
 
 
-if _SubmititSlurmLauncher is not None:
+if _SubmititSlurmLauncher is None:
+    from hydra.plugins.launcher import Launcher
+
+    class SlurmLauncher(Launcher):  # type: ignore[no-redef]
+        """Where hydra-submitit-launcher is not installed: one line saying how to install it."""
+
+        def __init__(self, **params: Any) -> None:
+            pass
+
+        def setup(self, *, hydra_context, task_function, config) -> None:
+            raise UserError(
+                "hydra/launcher=slurm needs hydra-submitit-launcher: install the slurm extra "
+                "(EXTRAS=slurm bash scripts/install.sh, or pip install 'llm_scratch[slurm]')."
+            )
+
+        def launch(self, job_overrides, initial_job_idx):  # never reached: setup refuses
+            raise NotImplementedError
+
+else:
     from llm_scratch.compat import QuietJobReturn
 
     class SlurmLauncher(_SubmititSlurmLauncher):
