@@ -12,7 +12,7 @@ empty shards would fail in ``np.concatenate``).
     python benchmarks/nanogpt_prepare.py <file.jsonl> <out dir> [--num-proc 2]
 
 Prints one JSON line: seconds, bytes read, tokens written, peak RSS of the process and of its
-largest worker.
+largest worker, CPU seconds of the process and its workers.
 """
 
 from __future__ import annotations
@@ -91,6 +91,10 @@ def main() -> None:
             tokens += int(arr_len)
     seconds = time.perf_counter() - start
     kib = 1024 / 1e6
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
     print(
         json.dumps(
             {
@@ -98,7 +102,8 @@ def main() -> None:
                 "bytes": os.path.getsize(args.jsonl),
                 "tokens": tokens,
                 "peak_rss_mb": peak_rss_mb(),
-                "peak_rss_worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * kib,
+                "peak_rss_worker_mb": kids.ru_maxrss * kib,
+                "cpu_s": me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime,
             }
         )
     )

@@ -422,7 +422,7 @@ def test_an_offline_hub_name_fails_fast_in_one_line(tmp_path, monkeypatch):
     pytest.importorskip("datasets")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr("llm_scratch.hub.reachable", lambda: False)
-    with pytest.raises(UserError, match=r"source=hf:=nobody/nothing: cannot reach"):
+    with pytest.raises(UserError, match=r"source=hf:nobody/nothing: cannot reach the Hugging"):
         run_prepare("hf:nobody/nothing", tmp_path / "o")
 
 
@@ -560,6 +560,11 @@ def test_random_sampling_and_loader_workers_give_the_same_windows(dataset, tmp_p
     again = ShardDataModule(**common, sampling="random", samples_per_epoch=40, num_workers=2)
     again.setup("fit")
     assert len(dm.train_dataset) == 40
+    offsets = [dm.train_dataset.start((0, i)) for i in range(40)]
+    assert any(o % 16 for o in offsets)  # nanoGPT's: any offset, not only every 16 tokens
+    x, y = dm.train_dataset[(0, 5)]
+    tokens = split_tokens(dataset, "train")
+    assert x.tolist() == tokens[offsets[5] : offsets[5] + 16].tolist()
     assert windows(dm) == windows(again)  # two loader workers: the same windows, same order
     dm.train_sampler.set_epoch(1)
     assert windows(dm) != windows(again)  # fresh offsets each epoch

@@ -33,20 +33,33 @@ from llm_scratch.errors import UserError
 MB = 1e6
 # Peak RSS: the process's own high-water mark (VmHWM), not ru_maxrss, which Linux carries over
 # from the parent that forked it (this benchmark's process, with torch and Lightning loaded).
-_OURS = """
-import json, resource, sys, time
+# CPU seconds: the process and its workers (waited for), user + system: the work done, which a
+# machine loaded by other jobs does not change as much as the wall time.
+_USAGE = """
+def usage():
+    import resource
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    hwm = me.ru_maxrss / 1024
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                hwm = int(line.split()[1]) / 1024
+    return {"cpu_s": me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime,
+            "peak_rss_mb": hwm * 1.048576, "peak_rss_worker_mb": kids.ru_maxrss * 1024 / 1e6}
+"""
+_OURS = (
+    _USAGE
+    + """
+import json, sys, time
 start = time.perf_counter()
-from llm_scratch.bench.prepare import own_peak_rss_mb
 from llm_scratch.data.prepare import PrepareSettings, prepare
 index = prepare(PrepareSettings(source=sys.argv[1], out=sys.argv[2], workers=int(sys.argv[3]),
                                 progress="none"), log=lambda _: None)
 s = index["splits"]
-kib = 1024 / 1e6
 print(json.dumps({"seconds": time.perf_counter() - start,
-                  "tokens": s["train"]["tokens"] + s["val"]["tokens"],
-                  "peak_rss_mb": own_peak_rss_mb(),
-                  "peak_rss_worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * kib}))
+                  "tokens": s["train"]["tokens"] + s["val"]["tokens"], **usage()}))
 """
+)
 
 
 def own_peak_rss_mb() -> float:
@@ -113,7 +126,17 @@ def _rates(r: dict[str, Any]) -> dict[str, float]:
     return {
         "MB_per_s": r["bytes"] / MB / r["wall_s"],
         "Mtokens_per_s": r["tokens"] / 1e6 / r["wall_s"],
+        "MB_per_cpu_s": r["bytes"] / MB / r["cpu_s"],
     }
+
+
+def _row(name: str, r: dict[str, Any]) -> list[Any]:
+    rates = _rates(r)
+    return [
+        name, r["bytes"] / MB, r["tokens"] / 1e6, r["wall_s"], rates["MB_per_s"],
+        rates["Mtokens_per_s"], r["cpu_s"], rates["MB_per_cpu_s"], r["peak_rss_mb"],
+        r["peak_rss_worker_mb"],
+    ]  # fmt: skip
 
 
 def _startup(data: list[str], run_dir: Path, steps_args: list[str]) -> dict[str, float]:
@@ -152,6 +175,8 @@ def run(
     for p in paths:
         if not p.is_file():
             raise UserError(f"--jsonl {p}: no such file; give a JSON Lines file with a text field.")
+    if repeats < 1 or workers < 1:
+        raise UserError("--repeats and --workers must be at least 1.")
     tmp = Path(tempfile.mkdtemp(prefix="bench_prepare_", dir=workdir))
     result: dict[str, Any] = {"machine": machine_info(), "workers": workers, "jsonl": str(paths[0])}
     try:
@@ -162,33 +187,37 @@ def run(
             ref.append(_prepare_nanogpt(paths[0], tmp / "nanogpt", workers))
         best_ours = min(ours, key=lambda r: r["wall_s"])
         best_ref = min(ref, key=lambda r: r["wall_s"])
-        rows = []
-        for name, r in (("llm_scratch prepare_data", best_ours), ("nanoGPT prepare.py", best_ref)):
-            rates = _rates(r)
-            rows.append(
-                [name, r["bytes"] / MB, r["tokens"] / 1e6, r["wall_s"], rates["MB_per_s"],
-                 rates["Mtokens_per_s"], r["peak_rss_mb"], r["peak_rss_worker_mb"]]
-            )  # fmt: skip
+        rows = [_row("llm_scratch prepare_data", best_ours), _row("nanoGPT prepare.py", best_ref)]
         speedup = _rates(best_ours)["MB_per_s"] / _rates(best_ref)["MB_per_s"]
-        result["compare"] = {"ours": ours, "nanogpt": ref, "speedup_MB_per_s": speedup}
+        cpu_ratio = min(r["cpu_s"] for r in ref) / min(r["cpu_s"] for r in ours)
+        result["compare"] = {
+            "ours": ours, "nanogpt": ref, "speedup_MB_per_s": speedup, "cpu_ratio": cpu_ratio,
+        }  # fmt: skip
         datasets = {"80MB": tmp / "ours"}
         # 2. the larger file: ours alone
         if big_jsonl:
             big = _prepare_ours(paths[1], tmp / "big", workers)
-            rates = _rates(big)
-            rows.append(
-                [f"llm_scratch, {paths[1].name}", big["bytes"] / MB, big["tokens"] / 1e6,
-                 big["wall_s"], rates["MB_per_s"], rates["Mtokens_per_s"], big["peak_rss_mb"],
-                 big["peak_rss_worker_mb"]]
-            )  # fmt: skip
+            rows.append(_row(f"llm_scratch, {paths[1].name}", big))
             result["big"] = big
             datasets["big"] = tmp / "big"
         print_table(
             f"Preparing {paths[0].name} with {workers} processes (GPT-2 BPE)",
-            ["", "MB", "M tokens", "s", "MB/s", "M tokens/s", "peak RSS MB", "worker RSS MB"],
+            [
+                "",
+                "MB",
+                "M tokens",
+                "s",
+                "MB/s",
+                "M tokens/s",
+                "CPU s",
+                "MB/CPU-s",
+                "peak RSS MB",
+                "worker RSS MB",
+            ],  # fmt: skip
             rows,
-            note=f"ours / nanoGPT: {speedup:.2f}x MB/s; whole processes (start-up included), best "
-            f"of {repeats}; load average {machine_info()['load_avg_1min']}",
+            note=f"ours / nanoGPT: {speedup:.2f}x MB/s, {cpu_ratio:.2f}x less CPU; whole "
+            f"processes (start-up included), best of {repeats}; load average "
+            f"{machine_info()['load_avg_1min']}",
         )
         # 3. training start-up from the shards vs Tiny Shakespeare
         if training:
@@ -201,24 +230,29 @@ def run(
             cases = {"Tiny Shakespeare (data=shakespeare_bpe)": ["data=shakespeare_bpe"]}
             for name, path in datasets.items():
                 size = sum(p.stat().st_size for p in path.glob("*.bin")) / MB
-                cases[f"shards, {name} source ({size:,.0f} MB of shards)"] = [
-                    "data=shards",
-                    f"data.path={path}",
-                ]
+                label = f"shards, {name} source ({size:,.0f} MB of shards)"
+                cases[label] = ["data=shards", f"data.path={path}"]
+            runs: dict[str, list[dict[str, float]]] = {name: [] for name in cases}
+            for name, data in cases.items():  # the first run of each: hashes, cold caches
+                runs[name].append(_startup(data, tmp / "run", common))
+            for _ in range(repeats):  # then the cases alternated: they share the machine's load
+                for name, data in cases.items():
+                    runs[name].append(_startup(data, tmp / "run", common))
             starts, rows = {}, []
-            for name, data in cases.items():
-                first = _startup(data, tmp / "run", common)
-                second = _startup(data, tmp / "run", common)
-                starts[name] = {"first": first, "second": second}
+            for name, measured in runs.items():
+                best = min(measured[1:], key=lambda r: r["first_step_s"])
+                starts[name] = {"first": measured[0], "runs": measured[1:], "best": best}
                 rows.append(
-                    [name, second["first_step_s"], first["first_step_s"], second["peak_rss_mb"]]
+                    [name, best["first_step_s"], measured[0]["first_step_s"], best["peak_rss_mb"]]
                 )
             result["startup"] = starts
             print_table(
-                f"Training start-up: launch to the end of the first optimizer step ({model}, batch 8 x 256)",
+                f"Training start-up: launch to the end of the first optimizer step ({model}, "
+                "batch 8 x 256)",
                 ["", "first step s", "(first run) s", "peak RSS MB"],
                 rows,
-                note="second of two runs each (the first hashes the shards once, cold caches)",
+                note=f"best of {repeats} alternated runs after a first one each (which hashes "
+                "the shards once, cold caches)",
             )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -339,7 +339,7 @@ def _hf_source(spec: str, settings: PrepareSettings) -> TextsSource:
         raise UserError(
             "A Hugging Face dataset needs the datasets package: pip install 'llm_scratch[data]'."
         ) from None
-    from llm_scratch.hub import check_hub_name
+    from llm_scratch import hub
 
     path = Path(spec).expanduser()
     field, split = settings.text_field, settings.hf_split
@@ -362,7 +362,13 @@ def _hf_source(spec: str, settings: PrepareSettings) -> TextsSource:
         columns = ds.column_names
         stream = ds.to_iterable_dataset()
     else:
-        check_hub_name(spec, key="source=hf:")
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        if not Path(spec).expanduser().exists() and not offline and not hub.reachable():
+            raise UserError(
+                f"source=hf:{spec}: cannot reach the Hugging Face hub (no network?); connect to "
+                "the internet, set HF_HUB_OFFLINE=1 to use a copy in the Hugging Face cache, or "
+                "give a local copy: source=<folder written by save_to_disk, or of its files>."
+            )
         try:
             stream = datasets.load_dataset(spec, settings.hf_config, split=split, streaming=True)
         except Exception as e:  # noqa: BLE001

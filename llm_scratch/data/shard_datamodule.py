@@ -80,9 +80,10 @@ class TokenStream:
 class ShardWindows(Dataset):
     """Next-token windows over a :class:`TokenStream`.
 
-    ``starts`` (an int64 array) lists the window starts; None means every ``stride`` tokens.
-    With ``num_samples`` the items are ``(epoch, i)`` pairs: window ``i`` of ``epoch`` starts at
-    a random one of those starts, drawn from ``(seed, epoch, i)`` alone.
+    ``starts`` (an int64 array) lists the window starts; None means ``num_windows`` starts
+    every ``stride`` tokens. With ``num_samples`` the items are ``(epoch, i)`` pairs: window
+    ``i`` of ``epoch`` starts at a random one of those starts, drawn from ``(seed, epoch, i)``
+    alone (nanoGPT's random windows: stride 1, any offset).
     """
 
     def __init__(
@@ -93,8 +94,10 @@ class ShardWindows(Dataset):
         num_windows: int | None = None,
         num_samples: int | None = None,
         seed: int = 1337,
+        stride: int | None = None,
     ) -> None:
         self.stream, self.context_length = stream, context_length
+        self.stride = context_length if stride is None else stride
         self.starts = starts
         self.num_starts = len(starts) if starts is not None else int(num_windows or 0)
         self.num_samples, self.seed = num_samples, seed
@@ -112,7 +115,7 @@ class ShardWindows(Dataset):
             k = int(item)
             if not 0 <= k < self.num_starts:
                 raise IndexError(f"window {k} out of range for {self.num_starts} windows")
-        return int(self.starts[k]) if self.starts is not None else k * self.context_length
+        return int(self.starts[k]) if self.starts is not None else k * self.stride
 
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         chunk = torch.from_numpy(self.stream.slice(self.start(item), self.context_length + 1))
@@ -281,7 +284,10 @@ class ShardDataModule(ResumableDataModule):
         if self.sampling == "random":
             samples = self.samples_per_epoch or n
             samples -= samples % world
-            train_ds = ShardWindows(train, ctx, starts, n, num_samples=samples, seed=self.seed)
+            offsets = n if starts is not None else len(train) - ctx  # any offset (nanoGPT)
+            train_ds = ShardWindows(
+                train, ctx, starts, offsets, num_samples=samples, seed=self.seed, stride=1
+            )
         else:
             # every rank gets as many windows as the others: none is repeated to even them out
             n -= n % world
