@@ -651,6 +651,11 @@ else:
             job_dir = Path(self._job_dirs[job_num])
             state = job_state(job_dir)
             os.environ.pop(CONTINUE_ENV, None)
+            if state == JobState.FINISHED:  # requeued after it had finished: nothing to do
+                done = JobReturn()
+                done.status = JobStatus.COMPLETED
+                done.return_value = None
+                return done
             if state == JobState.CONTINUE and read_marker(job_dir) == (self._sweep_id, job_num):
                 # stopped (or requeued) after saving: continue in its own folder
                 os.environ[CONTINUE_ENV] = str(job_dir.resolve())
