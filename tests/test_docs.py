@@ -30,10 +30,16 @@ FENCE = re.compile(r"^([ \t]*)```(\w*)[^\n]*\n(.*?)^\1```[ \t]*$", re.DOTALL | r
 PLACEHOLDER = re.compile(r"<[^<>]*>")
 
 
+# a line of a shell block that runs an entry point (after a prompt or environment variables),
+# not a line of output that mentions one
+RUNS = re.compile(r"^(?:\$\s+)?(?:[A-Z_][A-Z0-9_]*=\S*\s+)*python\s+training/")
+
+
 def _shell_commands(block: str) -> list[str]:
     """The commands of a shell block: continuation lines joined, prompts stripped."""
     joined = re.sub(r"\\\n\s*", " ", block)
-    return [line.strip().removeprefix("$ ") for line in joined.splitlines() if line.strip()]
+    lines = [line.strip() for line in joined.splitlines()]
+    return [line.removeprefix("$ ") for line in lines if RUNS.match(line)]
 
 
 def _collect() -> list[tuple[str, str, str]]:
@@ -148,7 +154,10 @@ def test_a_documented_command_parses(where: str, script: str, args: str, tmp_pat
                     f"{where}: report.py has no option {token}"
                 )
     elif (REPO / "configs" / f"{script}.yaml").is_file():
-        # a Hydra entry point: --cfg job composes its config and prints it, running nothing
+        # a Hydra entry point: --cfg job composes its config and prints it, running nothing (of
+        # a sweep, its first job)
+        if "-m" in tokens or "--multirun" in tokens:
+            tokens = _jobs([t for t in tokens if t not in ("-m", "--multirun")])[0]
         result = run_cli(f"training/{script}.py", *tokens, "--cfg", "job")
         assert result.returncode == 0, f"{where}: {result.stderr.strip()[-2000:]}"
     else:
