@@ -84,8 +84,10 @@ def score_tokens(
     rows, conts, cut = [], [], []
     for i, (context, continuation) in enumerate(pairs):
         context, continuation = list(context), list(continuation)
-        if not continuation:
-            raise UserError(f"Pair {i + 1}'s continuation is empty after tokenization.")
+        if not context or not continuation:  # (encode_pair gives an empty context end-of-text)
+            raise UserError(
+                f"Pair {i + 1} has an empty context or continuation after tokenization."
+            )
         if len(continuation) > window:
             raise UserError(
                 f"A continuation of {len(continuation)} tokens is longer than the model's "
