@@ -677,3 +677,23 @@ def test_preparing_imports_neither_torch_nor_lightning():
         env=dict(os.environ, PYTHONPATH=str(REPO)),
     )
     assert out.returncode == 0 and out.stdout.strip() == "set()", out.stderr
+
+
+@pytest.mark.slow
+def test_the_prepare_benchmark_runs_both_on_the_same_file_and_they_agree(tmp_path):
+    pytest.importorskip("datasets")
+    source = write_jsonl(tmp_path / "c.jsonl", make_docs(300, seed=6))
+    out = tmp_path / "prepare.json"
+    result = run_cli(
+        "-m", "llm_scratch.bench", "prepare", f"--jsonl={source}", "--no-training", f"--out={out}"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "llm_scratch prepare_data" in result.stdout and "nanoGPT prepare.py" in result.stdout
+    compare = json.loads(out.read_text())["compare"]
+    ours, ref = compare["ours"][0], compare["nanogpt"][0]
+    assert ours["tokens"] == ref["tokens"]  # the same documents, each with its end-of-text
+    assert ours["bytes"] == ref["bytes"] == source.stat().st_size
+    assert compare["speedup_MB_per_s"] > 0 and ours["peak_rss_mb"] > 0
+    missing = run_cli("-m", "llm_scratch.bench", "prepare", f"--jsonl={tmp_path / 'no.jsonl'}")
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines()[-1].startswith("error: --jsonl")
