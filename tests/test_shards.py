@@ -416,6 +416,8 @@ def test_the_command_line_refuses_in_one_error_line(tmp_path):
     assert result.returncode == 2
     assert lines[-1].startswith("error: ") and "bad.jsonl, line 2: not JSON" in lines[-1]
     assert "Traceback" not in result.stderr
+    unset = run_cli("training/prepare_data.py", f"source={tmp_path / 'bad.jsonl'}")
+    assert unset.returncode == 2 and unset.stderr.startswith("error: out is not set:")
 
 
 def test_an_offline_hub_name_fails_fast_in_one_line(tmp_path, monkeypatch):

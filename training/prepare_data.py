@@ -21,6 +21,12 @@ from llm_scratch.train.compose import CONFIG_DIR
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="prepare_data")
 def main(cfg: DictConfig) -> None:
     with exit_on_user_error():
+        for key in ("source", "out"):
+            if OmegaConf.is_missing(cfg, key):
+                raise UserError(
+                    f"{key} is not set: python training/prepare_data.py source=<file, folder, "
+                    "corpus name or hf:<dataset>> out=<dataset folder>."
+                )
         values = OmegaConf.to_container(cfg, resolve=True)
         known = {f.name for f in PrepareSettings.__dataclass_fields__.values()}
         unknown = sorted(set(values) - known)
