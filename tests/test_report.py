@@ -711,6 +711,11 @@ def test_the_report_console_is_quiet_with_labels_too_long_for_the_plot(tmp_path)
     out = run_cli("training/report.py", str(sweep))
     assert out.returncode == 0 and out.stderr == "", out.stderr[-3000:]
     assert (sweep / "train_loss.png").read_bytes()[:4] == b"\x89PNG"
+    # nor with curves that diverged (matplotlib warns of overflow placing its ticks)
+    for n, curve in enumerate(([math.inf, 3.0], [math.nan, 1e308], [3.5, 3.0])):
+        make_job(tmp_path / "diverged", str(n), [f"seed={n}"], 3.0, val_curve=curve)
+    out = run_cli("training/report.py", str(tmp_path / "diverged"))
+    assert out.returncode == 0 and out.stderr == "", out.stderr[-3000:]
 
 
 def test_the_report_names_the_dataset_and_writes_no_absolute_path(tmp_path):
@@ -748,6 +753,10 @@ def test_the_report_names_the_dataset_and_writes_no_absolute_path(tmp_path):
     assert "log_dir=<sweep dir>/../outputs" in text
     assert data["groups"][0]["overrides"]["paths.log_dir"] == "<sweep dir>/../outputs"
     assert "error: cannot write <sweep dir>/2/checkpoints" in text
+    # written elsewhere (--out), the jobs keep their names from the sweep's directory
+    assert REPORT_CLI.main([str(sweep), "--out", str(tmp_path / "elsewhere" / "norm")]) == 0
+    text = (tmp_path / "elsewhere" / "norm" / "report.md").read_text()
+    assert str(tmp_path) not in text and "| 0 | " in text and "| 2 | " in text
 
 
 # ----------------------------------------------------------------------------- what cannot be read

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             title=args.title or _title(args.dirs, single_run),
             single_run=single_run,
             unreadable=collection.unreadable,
-            base=out,
+            base=collection.base,
         )
     except UserError as error:
         return report_user_error(error)

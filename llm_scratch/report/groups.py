@@ -336,7 +336,7 @@ def _why_missing(c: Comparison, values_a: list[float], values_b: list[float]) ->
         if n == 0:
             return f"no finished job at {c.factor_name}={level} has {c.metric}"
     if not all(math.isfinite(v) for v in values_a + values_b):
-        return "a value is not finite (a diverged run?)"
+        return "a value is not finite: a diverged run?"
     for level, n in ((c.a, c.n_a), (c.b, c.n_b)):
         if n < 2:
             return (

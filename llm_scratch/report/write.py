@@ -530,13 +530,17 @@ def write_report(
 ) -> Path:
     """Write ``report.md``, ``report.json``, ``train_loss.png`` and ``val_loss.png`` into
     ``out_dir`` (for ``single_run``, worded as one run's report, without groups and
-    comparisons); paths are written relative to ``base`` (default ``out_dir``), never as
-    absolute paths of this machine. ``unreadable``: what could not be read outside any job.
+    comparisons); paths are written relative to ``base`` (the directory reported on;
+    default ``out_dir``), never as absolute paths of this machine. ``unreadable``: what could not be read outside any job.
     A :class:`UserError` when ``out_dir`` cannot be created or written."""
     try:
-        return _write_report(
-            jobs, shared, out_dir, title, single_run, unreadable or [], base or out_dir
-        )
+        # matplotlib's warnings (values too large to place ticks for, labels too long to fit)
+        # say nothing the report does not: the console shows the report's own lines only
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _write_report(
+                jobs, shared, out_dir, title, single_run, unreadable or [], base or out_dir
+            )
     except OSError as error:
         where = error.filename if error.filename is not None else out_dir
         reason = error.strerror or str(error)
@@ -556,7 +560,7 @@ def _continued_section(jobs: list[JobResult], base: Path) -> list[str]:
     lines = [
         "A continued run (`ckpt_path=` in a new directory) is shown whole: its curves, and its "
         "best val loss, begin with those of the runs it continued, up to the step it started "
-        "from (paths relative to this report's directory).",
+        "from (paths relative to the directory reported on).",
         "",
     ]
     for job in continued:
