@@ -177,7 +177,7 @@ def test_every_key_with_every_kind_of_bad_value_is_valid_or_one_line(bases, base
         ("scheduler.min_lr=nan", ["scheduler.min_lr=nan"]),
         ("callbacks.text_sampler.prompt=''", ["callbacks.text_sampler.prompt=''", "not empty"]),
         ("data.path=/some/file.txt", ["data.path=/some/file.txt", "data=text"]),
-        ("+new.key=1", ["'new'", "nothing uses it"]),
+        ("+new.key=1", ["'new.key'", "nothing uses it"]),
         ("+paths.mine=/x", ["'paths.mine'", "nothing uses it"]),
         ("trainer.log_every_n_steps=0", ["trainer.log_every_n_steps=0"]),
         ("~callbacks.text_sampler.output_dir", ["callbacks.text_sampler.output_dir", "required"]),
@@ -270,7 +270,7 @@ def test_each_kind_of_refusal_is_one_line_exit_2_and_leaves_no_directory(tmp_pat
     words = {
         "range": "optimizer.lr=nan",
         "deleted-group": "~model",
-        "unused-key": "'new'",
+        "unused-key": "'new.key'",
         "file-name": "task_name",
         "boundary": "trainer",
     }

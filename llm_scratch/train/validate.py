@@ -319,6 +319,7 @@ class _Checker:
                     continue
                 if target in SCHEMA_SECTIONS.values() and self.referenced(full):
                     continue  # a value of the user's own, used by an interpolation
+                full = _first_leaf(full, node[key]) if not OmegaConf.is_missing(node, key) else full
                 known = sorted(k for k in params if not k.startswith("_"))
                 close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
                 hint = f" Did you mean {path + '.' if path else ''}{close[0]}?" if close else ""
@@ -387,6 +388,14 @@ class _Checker:
         if isinstance(node, DictConfig) and "_target_" in node:
             # the model's types are its schema's (Hydra checked them on composition)
             self.target(name, node, name, typed=name != "model")
+
+
+def _first_leaf(key: str, value: Any) -> str:
+    """The key the user typed for an unknown node: ``new.key`` of ``+new.key=1``."""
+    while isinstance(value, DictConfig) and len(value):
+        name = next(iter(value))
+        key, value = f"{key}.{name}", value[name]
+    return key
 
 
 def _where(path: str, target: Any) -> str:
