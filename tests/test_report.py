@@ -761,7 +761,7 @@ def test_the_report_names_the_dataset_and_writes_no_absolute_path(tmp_path):
 
 # ----------------------------------------------------------------------------- what cannot be read
 
-NESTED = "[" * 100_000
+NESTED = "[" * 5_000  # deeper than Python's recursion limit
 SUMMARY = {"metrics": {"val/loss": 3.0}, "num_params": 1000}
 # (file of job 1, what it holds, whether the report must name it); bytes are written as they
 # are, None makes a folder in its place, "missing" deletes it
