@@ -258,7 +258,7 @@ class FileSource(Source):
 
 def _file_kind(path: Path) -> str | None:
     name = path.name.lower()
-    if name.endswith(".jsonl") or name.endswith(".json"):
+    if name.endswith(".jsonl"):
         return "jsonl"
     if name.endswith(".jsonl.gz"):
         return "jsonl.gz"
