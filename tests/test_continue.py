@@ -88,8 +88,8 @@ def test_the_start_up_line_lists_what_differs(tmp_path, first_run, caplog):
     train(compose_config(overrides, tmp_path / "continued"))
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Continuing")]
     assert len(lines) == 1, caplog.text
-    assert "trainer.max_steps=2 there but 3 here" in lines[0]
-    assert "trainer.limit_val_batches=1 there but 2 here" in lines[0]
+    assert "trainer.max_steps: 2 -> 3" in lines[0]
+    assert "trainer.limit_val_batches: 1 -> 2" in lines[0]
     summary = (tmp_path / "continued" / "summary.json").read_text()
     assert '"trainer.max_steps": [' in summary  # continued_from records the changes
 
@@ -197,7 +197,7 @@ def test_the_printed_continue_command_runs_as_copied(tmp_path, corpus):
     assert again.returncode == 0, again.stderr[-3000:]
     console = again.stdout + again.stderr
     assert "could not find the monitored key" not in console  # a continued run is quiet too
-    assert "Continuing" in console and "trainer.max_steps=2 there but 4 here" in console
+    assert "Continuing" in console and "trainer.max_steps: 2 -> 4" in console
     (continued,) = (tmp_path / "logs" / "train" / "runs").iterdir()
     assert saved_config(continued)["data"]["path"] == str(corpus)
     assert sorted(by_step(continued, "train/loss")) == [3, 4]

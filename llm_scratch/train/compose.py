@@ -211,6 +211,11 @@ def hparams_changes(hparams: dict, optimizer: dict, scheduler: dict) -> dict:
     return config_changes(saved, now)
 
 
+def list_changes(changes: dict[str, tuple[object, object]]) -> str:
+    """``key: there -> here, ...`` for the start-up line."""
+    return ", ".join(f"{k}: {there!r} -> {here!r}" for k, (there, here) in changes.items())
+
+
 def describe_changes(changes: dict[str, tuple[object, object]]) -> str:
     return ", ".join(
         f"{k}={there!r} there but {here!r} here" for k, (there, here) in changes.items()

@@ -44,8 +44,8 @@ from llm_scratch.train.commands import (
 from llm_scratch.train.compose import (
     check_continuation,
     config_changes,
-    describe_changes,
     hparams_changes,
+    list_changes,
     saved_run_dir,
 )
 from llm_scratch.train.failures import training_errors
@@ -143,9 +143,9 @@ def _train(
     )
     init_from = cfg.get("init_from") or saved.get("init_from")
     continues_finetune = bool(init_from and saved.get("model"))
-    model_config = _model_config(
-        cfg, datamodule.vocab_size, saved["model"] if continues_finetune else None
-    )
+    with configured("model"):
+        finetuned = saved["model"] if continues_finetune else None
+        model_config = _model_config(cfg, datamodule.vocab_size, finetuned)
     optimizer = OmegaConf.to_container(cfg.optimizer, resolve=True)
     scheduler = OmegaConf.to_container(cfg.scheduler, resolve=True)
     with configured("optimizer"):
@@ -177,15 +177,16 @@ def _train(
         atomic_write_text(written[-1], OmegaConf.to_yaml(job_cfg, resolve=True))
     written.append(output_dir / "tokenizer.json")
     tokenizer.save(written[-1])
-    module = GPTLightningModule(
-        model=asdict(model_config),
-        optimizer=optimizer,
-        scheduler=scheduler,
-        tokenizer=tokenizer.to_dict(),
-        compile=cfg.get("compile", False),
-        init_from=init_from,
-        load_init_weights=not continues_finetune,
-    )
+    with configured("model"):
+        module = GPTLightningModule(
+            model=asdict(model_config),
+            optimizer=optimizer,
+            scheduler=scheduler,
+            tokenizer=tokenizer.to_dict(),
+            compile=cfg.get("compile", False),
+            init_from=init_from,
+            load_init_weights=not continues_finetune,
+        )
     log.info(
         "model: %s parameters (%s), vocab %d, context %d",
         f"{module.model.num_params():,}",
@@ -298,7 +299,7 @@ def _continuation_changes(
     log.info(
         "Continuing %s with its config; %s",
         shown_path(Path(continued)),
-        f"changed: {describe_changes(changes)}" if changes else "nothing changed",
+        f"changed: {list_changes(changes)}" if changes else "nothing changed",
     )
     return changes
 
