@@ -33,7 +33,21 @@ from llm_scratch.model import GPTConfig
 from llm_scratch.sweep_env import SWEEP_ID_ENV
 from llm_scratch.train.boundary import configured, running
 from llm_scratch.train.callbacks import build_callbacks
-from llm_scratch.train.checkpointing import AtomicCheckpointIO
+from llm_scratch.train.checkpointing import AtomicCheckpointIO, remove_stale_run_temporaries
+from llm_scratch.train.commands import (
+    continue_command,
+    override,
+    report_command,
+    sample_command,
+    shown_path,
+)
+from llm_scratch.train.compose import (
+    check_continuation,
+    config_changes,
+    hparams_changes,
+    list_changes,
+    saved_run_dir,
+)
 from llm_scratch.train.failures import training_errors
 from llm_scratch.train.loggers import (
     build_loggers,
@@ -43,7 +57,12 @@ from llm_scratch.train.loggers import (
 )
 from llm_scratch.train.module import GPTLightningModule
 from llm_scratch.train.optim import OptimizerConfig, SchedulerConfig
-from llm_scratch.train.run_dir import claim_run_dir, is_main_process, remove_unfinished
+from llm_scratch.train.run_dir import (
+    claim_run_dir,
+    is_main_process,
+    made_for_this_start,
+    remove_unfinished,
+)
 from llm_scratch.train.summary import write_run_summary
 from llm_scratch.train.sweep_resume import continued_sweep_job, drop_rows_after_checkpoint
 from llm_scratch.train.validate import validate_config
@@ -62,34 +81,45 @@ def train(cfg: DictConfig) -> dict[str, float]:
     quiet_known_noise()
     # The run directory already holds config.yaml and tokenizer.json when the CSV logger starts;
     # claim_run_dir has made sure it holds no earlier metrics.
+    # ((?s): a directory name may hold a newline)
     warnings.filterwarnings(
-        "ignore", message="Experiment logs directory .* exists and is not empty"
+        "ignore", message="(?s)Experiment logs directory .* exists and is not empty"
     )
     # LMDataModule saves and restores the place in the epoch itself (its state_dict).
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
-    validate_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
-    given = cfg.get("ckpt_path")
-    ckpt_path = (
-        None if given is None else str(resolve_checkpoint(given, "resume", cfg.paths.log_dir))
-    )
     written: list[Path] = []  # the files this call writes into the run directory
-    # the directory is claimed (refused if in use or not empty), then .hydra/ written; a
-    # stopped sweep's job continues in its own, and the other processes of a run use the first's
-    if (continued := continued_sweep_job(output_dir)) is None and is_main_process():
-        written += claim_run_dir(output_dir, ckpt_path, cfg)
-    ckpt_path = continued or ckpt_path
-    if is_main_process():
-        log.info("Run directory: %s", output_dir.resolve())  # in full: sample.py and ckpt_path=
+    fresh = made_for_this_start(output_dir)  # Hydra made it for this start (or none yet)
+    stage: dict[str, bool] = {"training": False}
     try:
-        return _train(cfg, output_dir, ckpt_path, started, written)
+        validate_config(cfg)
+        given = cfg.get("ckpt_path")
+        ckpt_path = (
+            None if given is None else str(resolve_checkpoint(given, "resume", cfg.paths.log_dir))
+        )
+        # the directory is claimed (refused if in use or not empty), then .hydra/ written; a
+        # stopped sweep's job continues in its own, and the other processes of a run use the
+        # first's
+        if (continued := continued_sweep_job(output_dir)) is None and is_main_process():
+            written += claim_run_dir(output_dir, ckpt_path, cfg)
+        ckpt_path = continued or ckpt_path
+        if is_main_process():
+            # in full: sample.py and ckpt_path=
+            log.info("Run directory: %s", shown_path(output_dir.resolve()))
+        return _train(cfg, output_dir, ckpt_path, started, written, stage)
     except BaseException:  # Ctrl-C during the setup too
-        remove_unfinished(output_dir, written)
+        if is_main_process():
+            remove_unfinished(output_dir, written, stage["training"], fresh)
         raise
 
 
 def _train(
-    cfg: DictConfig, output_dir: Path, ckpt_path: str | None, started: float, written: list[Path]
+    cfg: DictConfig,
+    output_dir: Path,
+    ckpt_path: str | None,
+    started: float,
+    written: list[Path],
+    stage: dict[str, bool],
 ) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     # Every check a config value can fail comes before anything is written to the run directory.
@@ -113,9 +143,9 @@ def _train(
     )
     init_from = cfg.get("init_from") or saved.get("init_from")
     continues_finetune = bool(init_from and saved.get("model"))
-    model_config = _model_config(
-        cfg, datamodule.vocab_size, saved["model"] if continues_finetune else None
-    )
+    with configured("model"):
+        finetuned = saved["model"] if continues_finetune else None
+        model_config = _model_config(cfg, datamodule.vocab_size, finetuned)
     optimizer = OmegaConf.to_container(cfg.optimizer, resolve=True)
     scheduler = OmegaConf.to_container(cfg.scheduler, resolve=True)
     with configured("optimizer"):
@@ -123,7 +153,10 @@ def _train(
     with configured("scheduler"):
         SchedulerConfig(**scheduler)
     if ckpt_path is not None:  # refused here, with one line, rather than deep inside Lightning
+        changes = _continuation_changes(cfg, ckpt_path, saved, optimizer, scheduler)
         check_resume_checkpoint(ckpt_path, asdict(model_config), tokenizer.to_dict())
+        if continued_from is not None:
+            continued_from["changed"] = {k: list(v) for k, v in changes.items()}
     with configured("logger"):
         loggers = build_loggers(cfg)
     drop_rows_after_checkpoint(loggers, output_dir)
@@ -136,21 +169,24 @@ def _train(
 
     if int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
         job_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-        if not os.environ.get(SWEEP_ID_ENV):  # a sweep prints it once, for all its jobs
-            print_config_tree(job_cfg)
+        if cfg.get("print_config") and not os.environ.get(SWEEP_ID_ENV):
+            print_config_tree(job_cfg)  # (a sweep prints it once, for all its jobs)
+        elif not os.environ.get(SWEEP_ID_ENV):
+            log.info("%s", _short_config(output_dir))
         written.append(output_dir / "config.yaml")
         atomic_write_text(written[-1], OmegaConf.to_yaml(job_cfg, resolve=True))
     written.append(output_dir / "tokenizer.json")
     tokenizer.save(written[-1])
-    module = GPTLightningModule(
-        model=asdict(model_config),
-        optimizer=optimizer,
-        scheduler=scheduler,
-        tokenizer=tokenizer.to_dict(),
-        compile=cfg.get("compile", False),
-        init_from=init_from,
-        load_init_weights=not continues_finetune,
-    )
+    with configured("model"):
+        module = GPTLightningModule(
+            model=asdict(model_config),
+            optimizer=optimizer,
+            scheduler=scheduler,
+            tokenizer=tokenizer.to_dict(),
+            compile=cfg.get("compile", False),
+            init_from=init_from,
+            load_init_weights=not continues_finetune,
+        )
     log.info(
         "model: %s parameters (%s), vocab %d, context %d",
         f"{module.model.num_params():,}",
@@ -160,6 +196,7 @@ def _train(
     )
     try:
         if cfg.get("train", True):
+            stage["training"] = True
             # running(): what escapes training_errors names the group whose code raised it
             with running(), training_errors(trainer, datamodule.batch_size, output_dir):
                 trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -183,19 +220,88 @@ def _train(
         write_run_summary(
             output_dir, trainer, module.model.num_params(), started, metrics, continued_from
         )
-        log.info("%s", next_commands(output_dir.resolve()))
+        log.info("%s", next_commands(output_dir.resolve(), trainer))
     return metrics
 
 
-def next_commands(run_dir: Path) -> str:
-    """Where the run went and the commands that use it, for the last lines of a run."""
+def next_commands(run_dir: Path, trainer: Any = None) -> str:
+    """Where the run went and the commands that use it, for the last lines of a run: real
+    commands (quoted), the continuation training twice as long as this run did."""
+    longer = ""
+    if trainer is not None and trainer.max_steps and trainer.max_steps > 0:
+        longer = " " + override("trainer.max_steps", 2 * trainer.max_steps)
+    elif trainer is not None and trainer.max_epochs and trainer.max_epochs > 0:
+        longer = " " + override("trainer.max_epochs", 2 * trainer.max_epochs)
+    continued = continue_command(run_dir) + longer
+    if longer:
+        continued += "  # (twice as long: its own config, a longer run)"
     return (
-        f"Run finished: {run_dir}\n"
-        f"  sample:   python training/sample.py ckpt_path={run_dir}\n"
-        f"  continue: python training/run_experiment.py <the same overrides> ckpt_path={run_dir}"
-        " trainer.max_epochs=<more>\n"
-        f"  report:   python training/report.py {run_dir}"
+        f"Run finished: {shown_path(run_dir)}\n"
+        f"  sample:   {sample_command(run_dir)}\n"
+        f"  continue: {continued}\n"
+        f"  report:   {report_command(run_dir)}"
     )
+
+
+def hparams_step(ckpt_path: str) -> int:
+    """The global step a checkpoint was saved at (0 when it does not say)."""
+    return int(read_checkpoint(ckpt_path, mmap=True).get("global_step", 0))
+
+
+def _short_config(output_dir: Path) -> str:
+    """The config in one line: the options chosen and the overrides given (in full: the run
+    directory's config.yaml; ``print_config=true`` prints it)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return f"config: {shown_path(output_dir / 'config.yaml')}"
+    hydra_cfg = HydraConfig.get()
+    choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if "/" not in k and v}
+    chosen = " ".join(f"{k}={choices[k]}" for k in ("data", "model", "trainer") if k in choices)
+    chosen += "".join(f" {k}={choices[k]}" for k in ("experiment", "ablation") if k in choices)
+    given = " ".join(hydra_cfg.overrides.task) or "none"
+    return (
+        f"config: {chosen}; overrides: {given} (in full: {shown_path(output_dir / 'config.yaml')}"
+        "; print_config=true prints it)"
+    )
+
+
+def _continuation_changes(
+    cfg: DictConfig,
+    ckpt_path: str,
+    hparams: dict[str, Any],
+    optimizer: dict[str, Any],
+    scheduler: dict[str, Any],
+) -> dict[str, tuple[Any, Any]]:
+    """What this continuation changes from the run it continues (its saved config; for a
+    checkpoint outside a run directory, the optimizer and schedule its hyper_parameters hold),
+    logged in one line; refused where it changes what is trained, unless
+    ``continue_with_changes=true``. Also removes the temporaries a killed save left there."""
+    run = saved_run_dir(Path(ckpt_path))
+    if run is not None:
+        remove_stale_run_temporaries(run)
+    saved_config = run / ".hydra" / "config.yaml" if run is not None else None
+    if saved_config is not None and saved_config.is_file():
+        saved = OmegaConf.to_container(OmegaConf.load(saved_config), resolve=False)
+        job_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+        changes = config_changes(saved, OmegaConf.to_container(job_cfg, resolve=False))
+        continued = str(run)
+    else:
+        changes = hparams_changes(hparams, optimizer, scheduler)
+        continued = ckpt_path
+    check_continuation(changes, continued, bool(cfg.get("continue_with_changes")))
+    step, max_steps = int(hparams_step(ckpt_path)), cfg.trainer.get("max_steps") or -1
+    if cfg.get("train", True) and 0 < max_steps <= step:
+        raise UserError(
+            f"ckpt_path={ckpt_path} is at step {step}, and trainer.max_steps={max_steps}: "
+            f"nothing left to train. Give the new length, e.g. trainer.max_steps={2 * step}."
+        )
+    log.info(
+        "Continuing %s with its config; %s",
+        shown_path(Path(continued)),
+        f"changed: {list_changes(changes)}" if changes else "nothing changed",
+    )
+    return changes
 
 
 def _model_config(cfg: DictConfig, vocab_size: int, finetuned: dict[str, Any] | None) -> Any:
