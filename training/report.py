@@ -61,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         collection = collect(args.dirs)
         jobs, single_run = collection.jobs, collection.single_run
         out = args.out or collection.base
+        if out == Path(out.anchor):  # runs on different trees: never write into /
+            raise UserError(
+                f"The directories given share no folder but {out}; pass --out DIR for the report."
+            )
         path = write_report(
             jobs,
             collection.shared,

@@ -579,7 +579,8 @@ def _find_jobs(directory: Path, depth: int = 0) -> list[Path]:
     for child in children:
         if _is_job_dir(child):
             found.append(child)
-        elif depth + 1 < _MAX_DEPTH and not child.name.startswith("."):
+        elif depth + 1 < _MAX_DEPTH and not child.name.startswith(".") and not child.is_symlink():
+            # (a linked run is read; a linked folder is not searched: it may lead anywhere)
             found += _find_jobs(child, depth + 1)
     return found
 
