@@ -47,7 +47,8 @@ def main(cfg: DictConfig) -> float | None:
     # imported here, not at the top: --help and Hydra's own errors need no Lightning (seconds)
     from llm_scratch.train.job import train_or_exit
 
-    warn_if_sweep_without_multirun()
+    if cfg.get("ckpt_path") is None:  # a sweep's job continued on its own is one run
+        warn_if_sweep_without_multirun()
     metrics = train_or_exit(cfg)
     # Returned for Hydra sweepers that optimise a value (e.g. Optuna).
     return metrics.get("val/loss")
