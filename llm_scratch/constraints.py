@@ -51,6 +51,7 @@ class Check:
     nonempty: bool = False  # a string or list with something in it
     choices: tuple | None = None  # one of these values
     path_part: bool = False  # text that becomes part of a file name: <= NAME_MAX - 4 bytes
+    path: bool = False  # a path: each part between slashes <= NAME_MAX bytes
     bytes_each: int | None = None  # the value counts items of this many bytes held in memory
     kind: type | None = None
     why: str = ""  # what the range means, added to the message
@@ -69,6 +70,8 @@ class Check:
             parts.append("one of " + ", ".join(str(c) for c in self.choices))
         if self.path_part:
             parts.append(f"at most {NAME_MAX - 4} bytes between slashes (it names files)")
+        if self.path:
+            parts.append(f"a path with at most {NAME_MAX} bytes between slashes")
         text = kind + ", ".join(parts)
         return text.strip() + (f" ({self.why})" if self.why else "")
 
@@ -114,6 +117,10 @@ class Check:
             longest = max(len(p.encode("utf-8", "surrogateescape")) for p in parts)
             if longest > NAME_MAX - 4 or not all(parts):
                 return f"it must be {self.describe()}, without empty parts; got {longest} bytes"
+        if self.path and isinstance(value, str):
+            longest = max(len(p.encode("utf-8", "surrogateescape")) for p in value.split("/"))
+            if longest > NAME_MAX:
+                return f"it must be {self.describe()}; one part has {longest} bytes"
         return None
 
 

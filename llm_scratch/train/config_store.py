@@ -71,10 +71,10 @@ class PathsSchema:
     """The keys of ``configs/paths/default.yaml`` (a key of the user's own there is fine when
     an interpolation uses it, e.g. ``+paths.root=/data data.path=${paths.root}/a.txt``)."""
 
-    log_dir: str = field(default="outputs", metadata=check(nonempty=True))
-    data_dir: str | None = field(default=None, metadata=check(nonempty=True))
-    cache_dir: str | None = field(default=None, metadata=check(nonempty=True))
-    output_dir: str = field(default="", metadata=check(nonempty=True))
+    log_dir: str = field(default="outputs", metadata=check(nonempty=True, path=True))
+    data_dir: str | None = field(default=None, metadata=check(nonempty=True, path=True))
+    cache_dir: str | None = field(default=None, metadata=check(nonempty=True, path=True))
+    output_dir: str = field(default="", metadata=check(nonempty=True, path=True))
 
 
 def _schema_of(config_class: type, target: str) -> type:
