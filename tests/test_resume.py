@@ -118,6 +118,10 @@ def test_killed_run_resumes_exactly(tmp_path, uninterrupted, sig):
         assert process.returncode == -signal.SIGKILL
     assert step is not None and KILL_AFTER_STEP <= step < 45, step
     assert step % 23, "the checkpoint must be mid-epoch"
+    # the checkpoint counts the tokens of every batch it holds, its last one included
+    states = torch.load(last, weights_only=True, mmap=True)["callbacks"]
+    seen = next(v["tokens_seen"] for k, v in states.items() if k.startswith("ThroughputLogger"))
+    assert seen == step * 24 * 32, (seen, step)
 
     resumed = tmp_path / "resumed"
     finish(start(resumed, f"ckpt_path={killed}"))

@@ -446,13 +446,15 @@ class FiniteLossGuard(L.Callback):
         )
 
 
-class SigtermCheckpoint(L.Callback):
+class SigtermCheckpoint(Checkpoint):
     """On SIGTERM (what cluster schedulers send before preempting a job) save ``last.ckpt`` at
     the end of the current training batch; Lightning then stops the run.
 
     Lightning 2.6 only sets ``trainer.received_sigterm`` and raises ``SIGTERMException`` after the
     batch, without saving anything. The checkpoint written here is the state Lightning's
-    ``every_n_train_steps`` checkpoints hold, so resuming from it continues exactly.
+    ``every_n_train_steps`` checkpoints hold, so resuming from it continues exactly. A
+    ``Checkpoint``, so Lightning runs it after the other callbacks: their state of the batch
+    (the tokens counted, for one) is in the file.
     """
 
     def __init__(self, dirpath: str, filename: str = "last.ckpt") -> None:
