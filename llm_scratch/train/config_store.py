@@ -56,6 +56,8 @@ class TrainSchema:
     compile: bool = False
     train: bool = True
     validate_after: bool = False
+    continue_with_changes: bool = False
+    print_config: bool = False
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     data: Any = _required("data=verdict, shakespeare_char, shakespeare_bpe, text or instruct")
