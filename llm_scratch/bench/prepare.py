@@ -178,7 +178,10 @@ def run(
     if repeats < 1 or workers < 1:
         raise UserError("--repeats and --workers must be at least 1.")
     tmp = Path(tempfile.mkdtemp(prefix="bench_prepare_", dir=workdir))
-    result: dict[str, Any] = {"machine": machine_info(), "workers": workers, "jsonl": str(paths[0])}
+    result: dict[str, Any] = {
+        "machine": machine_info(), "workers": workers, "jsonl": paths[0].name,
+        "big_jsonl": paths[1].name if big_jsonl else None, "repeats": repeats,
+    }  # fmt: skip
     try:
         # 1. ours vs nanoGPT's on the same file, alternated
         ours, ref = [], []
