@@ -784,10 +784,15 @@ def test_init_from_a_hub_name_offline_fails_at_once(tmp_path, monkeypatch):
     assert not hub.looks_like_a_path("gpt2")
 
 
-def test_a_model_too_large_for_memory_is_one_line_while_it_is_built(tmp_path):
+def test_a_model_too_large_for_memory_is_one_line_while_it_is_built(tmp_path, monkeypatch):
     # 12 * 2**40 weights (48 TiB): the allocator refuses while the model is built, before
     # training (and its out-of-memory message about batches) starts
     big = ["model.n_layer=1", "model.n_head=1", "model.n_embd=1048576"]
+    with pytest.raises(UserError, match=r"model.n_embd=1048576.*weights alone take"):
+        train(compose_config([*TINY_4_STEPS, *big], tmp_path / "run"))  # by its size, at once
+    from llm_scratch.train import validate
+
+    monkeypatch.setattr(validate, "memory_bytes", lambda: None)  # where memory is not known
     with pytest.raises(UserError, match=r"Out of memory while building the model \(n_layer=1"):
         train(compose_config([*TINY_4_STEPS, *big], tmp_path / "run"))
     assert not any((tmp_path / "run").rglob("*"))

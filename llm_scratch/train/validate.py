@@ -46,6 +46,7 @@ from llm_scratch.constraints import (
     Either,
     declared,
     generic_problem,
+    memory_bytes,
 )
 from llm_scratch.errors import UserError, one_line
 from llm_scratch.train.boundary import configured
@@ -385,7 +386,11 @@ class _Checker:
                     )
                 self.target(f"{name}.{key}", entry, name)
             return
-        if isinstance(node, DictConfig) and "_target_" in node:
+        if not isinstance(node, DictConfig):
+            raise UserError(
+                f"{name}={node!r} is not a config group's node: choose {name}=<option>."
+            )
+        if "_target_" in node:
             # the model's types are its schema's (Hydra checked them on composition)
             self.target(name, node, name, typed=name != "model")
 
@@ -457,9 +462,36 @@ def _build_cheap_objects(cfg: DictConfig) -> None:
     model = cfg.model
     if not cfg.get("init_from") and isinstance(model, DictConfig) and "_target_" in model:
         with configured("model"):
-            instantiate(model, vocab_size=model.get("vocab_size") or 50257)
+            config = instantiate(model, vocab_size=model.get("vocab_size") or 50257)
+        _check_model_fits(config)
     with configured("data"):
         instantiate(cfg.data)
+
+
+# the model is built in fp32 in host memory before anything else (sharding, a GPU, training)
+BYTES_PER_PARAMETER = 4
+
+
+def _check_model_fits(config: Any) -> None:
+    """A model whose weights alone exceed this machine's memory (``model.n_layer=1000000000``)
+    is refused by its size: building it would exhaust memory block by block, and the system may
+    kill the process rather than raise."""
+    try:
+        n_layer, n_embd, vocab = config.n_layer, config.n_embd, config.vocab_size
+        context, tied = config.context_length, getattr(config, "tie_weights", True)
+    except AttributeError:
+        return
+    embeddings = (vocab * (1 if tied else 2) + context) * n_embd
+    params = embeddings + n_layer * (12 * n_embd * n_embd + 13 * n_embd) + 2 * n_embd
+    need, memory = params * BYTES_PER_PARAMETER, memory_bytes()
+    if memory and need > memory:
+        raise UserError(
+            f"The model (model.n_layer={n_layer}, model.n_embd={n_embd}, model.context_length="
+            f"{context} (by default data.context_length), model.vocab_size={vocab} (by default "
+            f"the tokenizer's)) has about {params:.3g} parameters, whose weights alone take "
+            f"about {need / 1e9:.3g} GB, more than this machine's {memory / 1e9:,.0f} GB; "
+            "choose a smaller model (e.g. model=gpt-nano)."
+        )
 
 
 def validate_config(cfg: DictConfig) -> None:
