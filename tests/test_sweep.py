@@ -96,6 +96,9 @@ def test_parallel_launcher_runs_two_jobs_at_once_and_the_report_reads_them(tmp_p
     a, b = (json.loads((sweep / j / "summary.json").read_text()) for j in ("0", "1"))
     assert a["started"] < b["finished"] and b["started"] < a["finished"], "jobs did not overlap"
     assert b["num_params"] - a["num_params"] == 50257 * 48  # untied: its own 50257 x 48 head
+    # a quiet console: no config tree (each job's is in its directory; print_config=true shows it)
+    assert "Each job's config: <its directory>/config.yaml" in result.stdout + result.stderr
+    assert "optimizer" not in result.stdout, result.stdout[-2000:]
 
     out = subprocess.run(
         [sys.executable, str(REPO / "training" / "report.py"), str(sweep)],
@@ -482,6 +485,14 @@ def test_the_continue_command_is_the_sweeps_own_with_its_directory(tmp_path, mon
         "seed=1",
         f"hydra.sweep.dir={tmp_path}",
     ]
+    # a newline in the directory's name: still one line, and bash gives Hydra the directory back
+    broken = tmp_path / "line\nbreak"
+    printed = continue_command(broken)
+    assert "\n" not in printed
+    script = "words() { printf '%s\\0' \"$@\"; }; words " + printed.removeprefix("python ")
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
+    last = out.stdout.split("\0")[-2]
+    assert OverridesParser.create().parse_override(last).value() == str(broken)
 
 
 def test_a_directory_holding_another_sweep_is_refused_as_it_is(tmp_path):

@@ -28,7 +28,6 @@ import errno
 import json
 import os
 import re
-import shlex
 import sys
 import uuid
 from collections.abc import Iterator, Sequence
@@ -39,6 +38,7 @@ from typing import Any
 
 from llm_scratch.errors import UserError
 from llm_scratch.sweep_env import SWEEP_JOB_MARKER
+from llm_scratch.train.commands import override, shell_quote
 from llm_scratch.utils.io import atomic_write_bytes, atomic_write_text
 
 # The sweep's id and jobs, written when it starts: a continuation must ask for the same jobs.
@@ -408,14 +408,12 @@ def prepare_restart(job_dir: Path, sweep_dir: Path, sweep_id: str, num: int) -> 
             path.unlink()
 
 
-# Values Hydra reads as one plain string without quotes (no spaces, commas, brackets, quotes).
-_PLAIN = re.compile(r"[\w/.:+@%~-]+")
 _SWEEP_DIR = re.compile(r"^[+~]*hydra\.sweep\.dir=")
 
 
 def continue_command(sweep_dir: Path) -> str:
     """The command that continues this sweep: the one that started it (this process's command
-    line), with ``hydra.sweep.dir`` set to its directory in full."""
+    line), with ``hydra.sweep.dir`` set to its directory in full; quoted to run as copied."""
     import __main__
 
     spec = getattr(__main__, "__spec__", None)
@@ -423,7 +421,5 @@ def continue_command(sweep_dir: Path) -> str:
     args = [a for a in sys.argv[1:] if not _SWEEP_DIR.match(a)]
     if not any(a in ("-m", "--multirun") for a in args):
         args.insert(0, "-m")
-    where = str(sweep_dir.resolve())
-    if not _PLAIN.fullmatch(where):
-        where = "'" + where.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    return shlex.join([*head, *args, f"hydra.sweep.dir={where}"])
+    where = override("hydra.sweep.dir", sweep_dir.resolve())
+    return " ".join(shell_quote(a) for a in [*head, *args, where])

@@ -252,8 +252,12 @@ class SubprocessLauncher(Launcher):
 
     @staticmethod
     def _print_config(sweep_config: DictConfig, idx: int) -> None:
-        """The config once for the whole sweep (its first job's); the jobs print none, and each
-        writes its own to config.yaml in its directory."""
+        """The config once for the whole sweep (its first job's) with ``print_config=true``, else
+        where it is; the jobs print none, and each writes its own to config.yaml in its
+        directory."""
+        if not sweep_config.get("print_config"):
+            log.info("Each job's config: <its directory>/config.yaml (print_config=true prints it)")
+            return
         job_cfg = OmegaConf.masked_copy(sweep_config, [k for k in sweep_config if k != "hydra"])
         with open_dict(job_cfg):  # a job's own directory is known only in the job
             job_cfg.paths.output_dir = str(

@@ -1,16 +1,21 @@
 """Training with Lightning: the job, the LightningModule, callbacks, checkpointing, optimizers and
 schedules, loggers, the run directory, typed configs (one file each; see the README's Layout)."""
 
-from llm_scratch.train.optim import OptimizerConfig, SchedulerConfig
+from importlib import import_module
+
+# Imported on first use: Lightning (the module) and torch (the optimizer) take seconds, and the
+# entry points' --help, config checks and the sweep launcher (which Hydra imports at every start)
+# use only this package's light modules (compose, config_store, commands).
+_LAZY = {
+    "GPTLightningModule": "llm_scratch.train.module",
+    "OptimizerConfig": "llm_scratch.train.optim",
+    "SchedulerConfig": "llm_scratch.train.optim",
+}
 
 
 def __getattr__(name: str):
-    # The LightningModule is imported on first use: importing Lightning takes seconds, and the
-    # entry points' --help and config checks (compose, config_store) must not pay for it.
-    if name == "GPTLightningModule":
-        from llm_scratch.train.module import GPTLightningModule
-
-        return GPTLightningModule
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
