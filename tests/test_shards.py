@@ -638,7 +638,8 @@ class RecordWindows(L.Callback):
 
 
 @pytest.mark.slow
-def test_two_ddp_processes_read_disjoint_windows_that_make_one_epoch(corpus, tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_read_disjoint_windows_that_make_one_epoch(corpus, tmp_path, strategy):
     source, _ = corpus
     ds = tmp_path / "ds"
     run_prepare(source, ds, tokenizer="char")
@@ -647,7 +648,7 @@ def test_two_ddp_processes_read_disjoint_windows_that_make_one_epoch(corpus, tmp
         "training/run_experiment.py",
         *SHARD_RUN,
         f"data.path={ds}",
-        "trainer=ddp",
+        f"trainer={strategy}",
         "trainer.accelerator=cpu",
         "trainer.devices=2",
         "trainer.max_epochs=1",
