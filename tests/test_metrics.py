@@ -198,12 +198,12 @@ def test_the_data_modules_end_of_text_id_counts_no_bytes():
     from types import SimpleNamespace
 
     from llm_scratch.data.tokenizers import CharTokenizer
-    from llm_scratch.train.module import _token_byte_lengths
+    from llm_scratch.train.module import token_byte_table
 
     tokenizer = CharTokenizer("ab€\x03")  # ids: \x03 0, a 1, b 2, € 3
-    plain = _token_byte_lengths(SimpleNamespace(tokenizer=tokenizer), None)
+    plain = token_byte_table(SimpleNamespace(tokenizer=tokenizer), None)
     assert plain.tolist() == [1, 1, 1, 3]
     shards = SimpleNamespace(tokenizer=tokenizer, eos_id=0)
-    assert _token_byte_lengths(shards, None).tolist() == [0, 1, 1, 3]
-    described = _token_byte_lengths(None, tokenizer.to_dict())  # no data module: the hparams'
+    assert token_byte_table(shards, None).tolist() == [0, 1, 1, 3]
+    described = token_byte_table(None, tokenizer.to_dict())  # no data module: the hparams'
     assert described.tolist() == [1, 1, 1, 3]

@@ -234,6 +234,12 @@ def test_char_tokenizer_reserves_an_end_of_text_character_the_corpus_lacks(corpu
     got = documents(tmp_path / "c", "train") + documents(tmp_path / "c", "val")
     assert all(d[-1] == eot and eot not in d[:-1] for d in got)
     assert sorted(tok.decode(d[:-1]) for d in got) == sorted(docs)
+    # the data module names it as its end of text: no bytes of text in val/bpb
+    from llm_scratch.train.module import token_byte_table
+
+    dm = ShardDataModule(path=str(tmp_path / "c"), context_length=8, cache_dir=str(tmp_path))
+    assert dm.eos_id == eot
+    assert token_byte_table(dm, None)[eot] == 0
 
 
 def test_val_docs_draws_that_many_whole_documents_by_the_seed(corpus, tmp_path):

@@ -214,6 +214,11 @@ class ShardDataModule(ResumableDataModule):
         return self._tokenizer
 
     @property
+    def eos_id(self) -> int | None:
+        """The end-of-text id between documents (the reserved character, for char shards)."""
+        return self.index.get("eot_id")
+
+    @property
     def source(self) -> str:
         return str(self.path)
 

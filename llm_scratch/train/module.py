@@ -126,7 +126,7 @@ class GPTLightningModule(L.LightningModule):
         if template is not None and self.hparams.get("prompt_template") is None:
             self.hparams["prompt_template"] = template.to_dict()
         if self.token_byte_lengths is None:
-            self.token_byte_lengths = _token_byte_lengths(datamodule, self.hparams.get("tokenizer"))
+            self.token_byte_lengths = token_byte_table(datamodule, self.hparams.get("tokenizer"))
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         return self._forward(idx, targets)
@@ -233,7 +233,7 @@ class GPTLightningModule(L.LightningModule):
             self.train_epoch_loss.reset()
 
 
-def _token_byte_lengths(datamodule: Any, described: dict | None) -> torch.Tensor | None:
+def token_byte_table(datamodule: Any, described: dict | None) -> torch.Tensor | None:
     """The byte length of each token id, from the data module's tokenizer or else the one the
     module was built with; None when neither is known (no val/bpb then)."""
     tokenizer = getattr(datamodule, "tokenizer", None)
