@@ -381,3 +381,44 @@ def test_sample_last_means_last_ckpt_as_in_training_and_best_the_best(tmp_path, 
     monkeypatch.setenv("LLM_SCRATCH_LOG_DIR", str(tmp_path / "empty"))
     with pytest.raises(UserError, match="ckpt_path=best"):
         sample.checkpoint_path("best")
+
+
+def sweep_config(overrides: list[str]) -> DictConfig:
+    """The config Hydra composes for ``-m`` (what its callbacks get before the sweep starts)."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from llm_scratch.train.config_store import register_configs
+    from tests.helpers import CONFIG_DIR
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        hydra = GlobalHydra.instance().hydra
+        return hydra.compose_config("train", overrides, run_mode=RunMode.MULTIRUN)
+
+
+@pytest.mark.parametrize(
+    "overrides,refused",
+    [
+        (["optimizer.lr=nan,1e-3"], "optimizer.lr=nan"),  # the first job's value
+        (["optimizer.lr=1e-3,nan"], None),  # a later job's: that job refuses it
+        (["seed=1,2", "trainer.max_epochs=0"], "trainer.max_epochs=0"),
+        (["experiment=ablation_lr_cpu"], None),  # the sweeper's params, all valid
+        (["experiment=ablation_lr_cpu", "optimizer.eps=-1"], "optimizer.eps=-1"),
+        (["model=gpt-nano,gpt-mini", "seed=1"], None),  # a group swept: left to the jobs
+    ],
+)
+def test_a_sweeps_first_job_is_checked_before_the_sweep_directory(overrides, refused, capsys):
+    from llm_scratch.train.boundary import CheckConfigFirst
+
+    cfg = sweep_config(overrides)
+    if refused is None:
+        CheckConfigFirst().on_multirun_start(config=cfg)
+        return
+    with pytest.raises(SystemExit) as caught:
+        CheckConfigFirst().on_multirun_start(config=cfg)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and refused in err, err

@@ -102,15 +102,31 @@ class CheckConfigFirst(_HydraCallback):  # type: ignore[misc,valid-type]
     exit status 2 (the job validates again: for sweeps, whose jobs Hydra starts otherwise, and
     for runs in-process)."""
 
-    def on_run_start(self, config: Any, **kwargs: Any) -> None:
-        from omegaconf import DictConfig, open_dict
-
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        """A sweep's first job's config (each swept key at its first value), checked before
+        the sweep directory is made; a sweep over config groups is left to its jobs (each
+        needs a composition of its own), and so is anything this cannot prepare."""
         from llm_scratch.train.validate import validate_config
 
-        cfg = config.copy()
+        try:
+            cfg = _first_job(config)
+        except Exception:  # noqa: BLE001 - the jobs validate themselves
+            return
+        if cfg is not None:
+            self._check(cfg, os.path.join(str(cfg.hydra.sweep.dir), "0"), validate_config)
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        from llm_scratch.train.validate import validate_config
+
+        self._check(config.copy(), str(config.hydra.run.dir), validate_config)
+
+    @staticmethod
+    def _check(cfg: Any, output_dir: str, validate_config: Any) -> None:
+        from omegaconf import DictConfig, open_dict
+
         with open_dict(cfg):
             # what Hydra sets once the directory exists (its name is checked here, not made)
-            output_dir = os.path.abspath(str(cfg.hydra.run.dir))
+            output_dir = os.path.abspath(output_dir)
             cfg.hydra.runtime.output_dir = output_dir
             if isinstance(cfg.get("paths"), DictConfig):
                 cfg.paths.output_dir = output_dir
@@ -121,3 +137,32 @@ class CheckConfigFirst(_HydraCallback):  # type: ignore[misc,valid-type]
             # directory: leave with the one line here (LLM_SCRATCH_TRACEBACK=1: the job refuses
             # the config again, with the traceback)
             sys.exit(report_user_error(error))
+
+
+def _first_job(config: Any) -> Any:
+    """``config`` (a sweep's) with every swept key at its first value, as the first job gets it;
+    None when a config group is swept (``model=gpt-nano,gpt-mini``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from llm_scratch.compat import apply_overrides
+
+    parser = OverridesParser.create()
+    given = parser.parse_overrides(list(config.hydra.overrides.task))
+    node = config.hydra.sweeper.get("params")
+    params = OmegaConf.to_container(node, resolve=False) if node else {}
+    swept = parser.parse_overrides([f"{k}={v}" for k, v in params.items()])
+    groups = set(config.hydra.runtime.get("choices") or {})
+    first = []
+    # the command line's plain overrides are in config already; the sweeper's params are not
+    for override in [o for o in given if o.is_sweep_override()] + swept:
+        if override.key_or_group in groups or override.package is not None:
+            return None
+        if override.is_sweep_override():
+            value = next(iter(override.sweep_string_iterator()))
+            first.append(f"{override.get_key_element()}={value}")
+        else:
+            first.append(override.input_line)
+    cfg = config.copy()
+    apply_overrides(cfg, first)
+    return cfg
