@@ -515,21 +515,22 @@ def test_uncreatable_output_dir_is_one_line(tmp_path, args, words):
 # ----------------------------------------------------------------------------- sweeps
 def test_failed_sweep_job_is_one_line_and_its_output_is_kept(tmp_path):
     sweep = tmp_path / "sweep"
-    # fails on the bad value in the job, before any training (a wrong type would already be
-    # refused when the sweep composes its config)
+    # fails in the job, before any training, on what only the job finds (a missing corpus
+    # file; a value out of range is refused before the sweep starts)
+    missing = tmp_path / "missing.txt"
     out = run_cli(
         "training/run_experiment.py",
         "-m",
-        "model=gpt-nano",
-        "model.n_layer=0",
+        "data=text",
+        f"data.path={missing}",
         f"hydra.sweep.dir={sweep}",
     )
     assert out.returncode == 2, out.stderr[-3000:]
     assert "Traceback" not in out.stderr and "Error executing job" not in out.stderr, out.stderr
     # the job's own error line, then the sweep's
     child, last = out.stderr.strip().splitlines()[-2:]
-    assert child.startswith("error: Bad model configuration: GPTConfig.n_layer=0"), out.stderr
-    assert last.startswith("error: Sweep job #0 (model=gpt-nano model.n_layer=0)"), last
+    assert child.startswith("error: ") and "missing.txt" in child, out.stderr
+    assert last.startswith(f"error: Sweep job #0 (data=text data.path={missing})"), last
     assert f"{sweep / '0' / 'job_output.log'}" in last and "1 of 1 job(s) failed" in last
     assert child in (sweep / "0" / "job_output.log").read_text()
     # the sweep directory in full, at the start and with the report command at the end
