@@ -919,3 +919,32 @@ def test_a_real_two_seed_sweep_is_pooled_into_one_group(tmp_path):
     assert "the mean over its seeds at each step with a band from their minimum" in text
     for png in ("train_loss.png", "val_loss.png"):
         assert (sweep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_task_accuracy_from_evaluation_during_training_is_compared_like_any_metric(tmp_path):
+    """Runs that scored a task while training (callbacks=eval) carry eval/<task>/acc in
+    summary.json: the report describes and compares it with the same statistics."""
+    sweep = tmp_path / "sweep"
+    accuracies = {"True": [0.50, 0.55, 0.52], "False": [0.30, 0.28, 0.33]}
+    for number, (level, seed) in enumerate((lv, s) for lv in accuracies for s in (1, 2, 3)):
+        acc = accuracies[level][seed - 1]
+        make_job(
+            sweep,
+            str(number),
+            ["model=gpt-nano", f"model.pre_norm={level}", f"seed={seed}"],
+            3.0,
+            4.0,
+            summary_extra={"metrics": {"eval/cloze/acc": acc, "eval/cloze/acc_norm": acc + 0.01}},
+        )
+    text, data = report(sweep)
+    by_label = {g["label"]: g for g in data["groups"]}
+    for level, values in accuracies.items():
+        group = next(g for label, g in by_label.items() if f"pre_norm={level}" in label)
+        assert group["metrics"]["eval/cloze/acc"]["values"] == values
+        assert group["metrics"]["eval/cloze/acc"]["mean"] == pytest.approx(np.mean(values))
+    acc = next(c for c in data["comparisons"] if c["metric"] == "eval/cloze/acc")
+    diff, interval, _ = textbook_paired(accuracies["False"], accuracies["True"])
+    assert acc["test"] == "paired_by_seed"  # the same seeds on both sides
+    pair = acc["paired_by_seed"]
+    assert pair["diff"] == pytest.approx(diff) and pair["ci95"] == pytest.approx(list(interval))
+    assert "accuracy on the task cloze" in text

@@ -22,6 +22,7 @@ independent draws; Welch's test otherwise. The other test's figures stand beside
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,10 +190,39 @@ def factor_names(varied: dict[str, list[str]]) -> dict[str, str]:
     return short if unique else {key: key for key in varied}
 
 
+# task accuracies logged by evaluation during training (callbacks=eval): eval/<task>/<measure>
+_TASK_METRIC = re.compile(r"eval/(?P<task>.+)/(?P<measure>acc|acc_norm)")
+
+
+def describe_metric(metric: str) -> str:
+    """What a metric of the report is, in words."""
+    if metric in METRICS:
+        return METRICS[metric]
+    task = _TASK_METRIC.fullmatch(metric)
+    if task is not None:
+        normalised = " (length-normalised)" if task["measure"] == "acc_norm" else ""
+        return f"accuracy on the task {task['task']}{normalised} at the last evaluation"
+    return metric
+
+
+def all_metrics(groups: list[Group]) -> list[str]:
+    """:data:`METRICS`, then the task accuracies some job logged (``eval/<task>/acc``)."""
+    tasks = {
+        key
+        for group in groups
+        for job in group.finished
+        for key in (job.summary.get("metrics") or {})
+        if isinstance(key, str) and _TASK_METRIC.fullmatch(key)
+    }
+    return [*METRICS, *sorted(tasks)]
+
+
 def metrics_present(groups: list[Group]) -> list[str]:
-    """The metrics of :data:`METRICS` that some finished job has (runs from before val/bpb
+    """The metrics of :func:`all_metrics` that some finished job has (runs from before val/bpb
     was logged have none of it: no empty comparisons for it)."""
-    return [m for m in METRICS if any(v is not None for g in groups for v in g.values(m))]
+    return [
+        m for m in all_metrics(groups) if any(v is not None for g in groups for v in g.values(m))
+    ]
 
 
 def main_metric(groups: list[Group]) -> str:
@@ -433,7 +463,7 @@ def report_data(
     json_groups = []
     for group in groups:
         metrics = {}
-        for metric in METRICS:
+        for metric in all_metrics(groups):
             stats = group.describe(metric)
             metrics[metric] = {
                 "values": group.values(metric),

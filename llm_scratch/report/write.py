@@ -23,11 +23,11 @@ from llm_scratch.report.collect import (  # noqa: E402
     relative_path,
 )
 from llm_scratch.report.groups import (  # noqa: E402
-    METRICS,
     PAIRED,
     Comparison,
     Group,
     compare,
+    describe_metric,
     factor_names,
     factors,
     format_p,
@@ -196,7 +196,7 @@ def plot_response(groups: list[Group], factor: str, metric: str, name: str, path
     ax.set_xlabel(name)
     ax.set_ylabel(metric)
     ax.set_title(
-        f"{METRICS[metric]} against {name}\n(points: mean; bars: 95% CI; dots: seeds)",
+        f"{describe_metric(metric)} against {name}\n(points: mean; bars: 95% CI; dots: seeds)",
         fontsize=9,
     )
     ax.grid(alpha=0.3)
@@ -333,7 +333,7 @@ def _groups_section(groups: list[Group], metrics: list[str]) -> list[str]:
     ]
     for metric in metrics:
         lines += [
-            f"### {metric}: {METRICS[metric]}",
+            f"### {metric}: {describe_metric(metric)}",
             "",
             "| group | n | mean | sd | 95% CI of the mean | values |",
             "| --- | ---: | ---: | ---: | --- | --- |",
@@ -406,7 +406,7 @@ def _comparisons_section(
             ]
     for metric in metrics:
         of_metric = [c for c in comparisons if c.metric == metric]
-        lines += [f"### {metric}: {METRICS[metric]}", ""]
+        lines += [f"### {metric}: {describe_metric(metric)}", ""]
         lines += [_verdict_item(c) for c in of_metric]
         lines += [
             "",
