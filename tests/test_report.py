@@ -4,6 +4,7 @@ own report; one real two-seed sweep end to end."""
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import math
@@ -948,3 +949,109 @@ def test_task_accuracy_from_evaluation_during_training_is_compared_like_any_metr
     pair = acc["paired_by_seed"]
     assert pair["diff"] == pytest.approx(diff) and pair["ci95"] == pytest.approx(list(interval))
     assert "accuracy on the task cloze" in text
+
+
+# ----------------------------------------------------------------------------- training probes
+
+
+def _probe_rows(sweep: Path, name: str, rows: list[str]) -> None:
+    """Append columns of probes to a hand-made job's metrics.csv (header, then rows)."""
+    (sweep / name / "metrics.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_probe_columns_are_pooled_per_group_and_malformed_ones_leave_no_section(tmp_path):
+    from llm_scratch.report.probes import BLOCK_PROBES as REPORT_PROBES
+    from llm_scratch.train.probes import BLOCK_PROBES
+
+    assert REPORT_PROBES == BLOCK_PROBES  # the report's copy (it loads no torch) is current
+    sweep = make_sweep(tmp_path, [(["seed=1"], 3.0), (["seed=2"], 3.2)])
+    head = "epoch,step,train/loss,val/loss,probes/grad_norm/block0,probes/grad_norm/block1"
+    head += ",probes/grad_norm,probes/clipped"
+    for job, scale in (("0", 1.0), ("1", 3.0)):
+        _probe_rows(
+            sweep,
+            job,
+            [
+                head,
+                "0,0,4.0,,,,,",
+                f"0,1,,,{scale},{2 * scale},{3 * scale},{scale - 1}",
+                "0,1,,3.0,,,,",
+                f"0,2,,,{scale * 10},{scale * 20},{scale * 30},0",
+            ],
+        )
+    text, data = report(sweep)
+    assert "## Training-health probes" in text
+    (group,) = data["probes"]["groups"]
+    norms = group["probes"]["grad_norm"]
+    assert norms["block1"] == {
+        "steps": [1, 2],
+        "mean": [4.0, 40.0],
+        "min": [2.0, 20.0],
+        "max": [6.0, 60.0],
+        "n": 2,
+    }
+    assert norms["model"]["mean"] == [6.0, 60.0]
+    assert group["probes"]["clipped"]["model"]["mean"] == [1.0, 0.0]
+    for png in ("probe_grad_norm_heatmap.png", "probe_grad_norm.png", "probe_clipped.png"):
+        assert (sweep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # cells that are not numbers, columns that are not a probe's: no probe section, no error
+    for job in ("0", "1"):
+        _probe_rows(
+            sweep,
+            job,
+            [
+                "epoch,step,train/loss,val/loss,probes/grad_norm/blockX,probes/clipped",
+                "0,1,4,,a,nan",
+            ],
+        )
+    text, data = report(sweep)
+    assert "probes" not in text.lower() and data["probes"] is None
+    assert not data["unreadable"]
+
+
+@pytest.mark.slow
+def test_a_real_sweep_with_probes_reports_their_mean_over_seeds(tmp_path):
+    sweep = tmp_path / "sweep"
+    out = run_cli(
+        "training/run_experiment.py",
+        "-m",
+        *FAST,
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=2",
+        "trainer.limit_val_batches=1",
+        "+probes@callbacks.training_probes=training",
+        "callbacks.training_probes.every_n_steps=2",
+        "seed=1,2",
+        f"hydra.sweep.dir={sweep}",
+        env={"LLM_SCRATCH_LOG_DIR": str(tmp_path / "outputs")},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    text, data = report(sweep)
+    # the values by hand: every probe cell of both jobs' metrics.csv, averaged over the seeds
+    by_hand: dict[tuple[str, int], list[float]] = {}
+    for job in ("0", "1"):
+        rows = list(csv.DictReader((sweep / job / "metrics.csv").open()))
+        for row in rows:
+            for column, cell in row.items():
+                if column.startswith("probes/") and cell:
+                    by_hand.setdefault((column, int(row["step"])), []).append(float(cell))
+    assert {step for _, step in by_hand} == {2, 4}
+    (group,) = data["probes"]["groups"]
+    checked = 0
+    for (column, step), values in by_hand.items():
+        assert len(values) == 2, (column, step)
+        parts = column.split("/")
+        name, layer = parts[1], parts[2] if len(parts) == 3 else "model"
+        series = group["probes"][name][layer]
+        i = series["steps"].index(step)
+        assert series["mean"][i] == pytest.approx(sum(values) / 2, rel=1e-12)
+        assert (series["min"][i], series["max"][i]) == (min(values), max(values))
+        checked += 1
+    # gpt-nano's 3 blocks x 4 probes, the global norm and clipped, at 2 steps
+    assert checked == (3 * 4 + 2) * 2
+    assert "## Training-health probes" in text
+    for name in ("grad_norm", "update_ratio", "resid_rms", "attn_entropy"):
+        for png in (f"probe_{name}_heatmap.png", f"probe_{name}.png"):
+            assert (sweep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert f"]({png})" in text

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from llm_scratch.errors import UserError
+from llm_scratch.report.probes import Series, merge, read_probes
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,8 @@ class JobResult:
     choices: dict | None = None
     # True when summary.json was read: the job finished
     has_summary: bool = False
+    # the training-health probes of metrics.csv: {probe: {"block<i>" or "model": {step: value}}}
+    probes: Series = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:
@@ -346,18 +349,20 @@ def _read_summary(job_dir: Path, reader: _Reader, notes: list[Unreadable]) -> tu
 
 def _read_curves(
     metrics_csv: Path, reader: _Reader, notes: list[Unreadable], required: bool
-) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+) -> tuple[list[tuple[int, float]], list[tuple[int, float]], Series]:
+    """The train and val loss curves of metrics.csv, and its probes (quietly {} where it
+    has none, or none the report can read)."""
     train: list[tuple[int, float]] = []
     val: list[tuple[int, float]] = []
     text = reader.text(metrics_csv, "no curves for this job", notes, required=required)
     if text is None:
-        return train, val
+        return train, val, {}
     damaged = 0
     try:
         rows = list(csv.DictReader(io.StringIO(text, newline="")))
     except csv.Error as error:
         reader.note(notes, metrics_csv, f"not CSV ({error})", "no curves for this job")
-        return train, val
+        return train, val, {}
     for row in rows:
         try:
             step = int(row["step"])
@@ -373,7 +378,7 @@ def _read_curves(
     if damaged:
         _warn_damaged(metrics_csv, damaged, "row")
         reader.note(notes, metrics_csv, f"{damaged} damaged row(s)", "those rows are skipped")
-    return train, val
+    return train, val, read_probes(rows)
 
 
 def _read_last_sample(samples: Path, reader: _Reader, notes: list[Unreadable]) -> str | None:
@@ -486,7 +491,7 @@ def _read_job(job_dir: Path, reader: _Reader) -> JobResult:
         )
     overrides = _read_overrides(job_dir, reader, notes)
     finished, summary = _read_summary(job_dir, reader, notes)
-    train, val = _read_curves(job_dir / "metrics.csv", reader, notes, required=finished)
+    train, val, probes = _read_curves(job_dir / "metrics.csv", reader, notes, required=finished)
     config = _read_dict(
         job_dir / ".hydra" / "config.yaml", reader, notes, "its seed and defaults are unknown"
     )
@@ -500,9 +505,12 @@ def _read_job(job_dir: Path, reader: _Reader) -> JobResult:
         choices = found if isinstance(found, dict) else None
     earlier = _earlier_runs(job_dir, summary, reader, notes)
     for run_dir, step in reversed(earlier):  # the whole run's curve: its predecessors' first
-        before_train, before_val = _read_curves(run_dir / "metrics.csv", reader, notes, True)
+        before_train, before_val, before_probes = _read_curves(
+            run_dir / "metrics.csv", reader, notes, True
+        )
         train = [point for point in before_train if point[0] <= step] + train
         val = [point for point in before_val if point[0] <= step] + val
+        probes = merge(before_probes, step, probes)
     return JobResult(
         path=job_dir,
         overrides=overrides or [],
@@ -510,6 +518,7 @@ def _read_job(job_dir: Path, reader: _Reader) -> JobResult:
         train_curve=train,
         val_curve=val,
         continued_from=earlier,
+        probes=probes,
         summary=summary,
         has_summary=finished,
         sample=_read_last_sample(job_dir / "samples.jsonl", reader, notes),

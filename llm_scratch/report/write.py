@@ -37,6 +37,7 @@ from llm_scratch.report.groups import (  # noqa: E402
     metrics_present,
     report_data,
 )
+from llm_scratch.report.probes import probes_data, probes_section  # noqa: E402
 from llm_scratch.utils.io import atomic_write_bytes, atomic_write_text  # noqa: E402
 
 
@@ -660,6 +661,8 @@ def _write_report(
             "not finish.",
             "",
         ]
+    probes = probes_data(groups)
+    lines += probes_section(probes, out_dir, _save_png)
     lines += ["## Samples", "", *_samples(jobs), ""]
     extra = {
         "main_metric": main,
@@ -669,6 +672,8 @@ def _write_report(
             {"path": n.path, "problem": n.problem, "effect": n.effect}
             for n in everything_unreadable
         ],
+        # the training-health probes per group, probe, block and step (null: none logged)
+        "probes": probes,
     }
     data = report_data(jobs, groups, comparisons, extra)
     text = json.dumps(data, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
