@@ -9,8 +9,8 @@ Which checkpoint a run directory means depends on what it is for:
 
 - continuing training (``ckpt_path=``): ``checkpoints/last.ckpt``, the latest state;
 - sampling and fine-tuning from it (``sample.py``, ``init_from=``): the best checkpoint, the
-  lowest validation loss among ``checkpoints/best-*.ckpt``, else ``last.ckpt`` (a run that
-  never validated).
+  lowest validation loss among ``checkpoints/best-*.ckpt`` (the model's weights only, no
+  optimizer state), else ``last.ckpt`` (a run that never validated).
 
 Both accept a ``.ckpt`` file, a run directory, or ``last``: the most recent run under the log
 directory that saved a ``last.ckpt``.
@@ -149,6 +149,12 @@ def check_resume_checkpoint(
     tokenizer. Lightning would otherwise fail later with a page-long ``load_state_dict`` error.
     """
     checkpoint = read_checkpoint(path, mmap=True)
+    if "optimizer_states" not in checkpoint:
+        raise UserError(
+            f"Checkpoint {path} holds the model's weights only (no optimizer state), so it "
+            "cannot continue a run: resume from the run's checkpoints/last.ckpt (or pass the run "
+            f"directory), or start a new run from these weights with init_from={path}."
+        )
     hparams = checkpoint["hyper_parameters"]
     if hparams["tokenizer"] != tokenizer:
         raise UserError(
