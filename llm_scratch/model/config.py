@@ -127,3 +127,40 @@ class GPTConfig:
                     f"known fields are {', '.join(known)}"
                 )
         return cls(**{**PRESETS[name], **overrides})
+
+
+# The value of ``backend`` in an HFGPT2Config's dict; our GPT's dict has no ``backend`` key.
+HF_BACKEND = "hf_gpt2"
+LABEL_SHIFTS = ("single", "double")
+
+
+@dataclass
+class HFGPT2Config:
+    """A ``transformers.GPT2Config`` in our field names (pre-norm, biases, gelu_new, as GPT-2).
+
+    ``backend`` marks the dict in checkpoints' hyperparameters; it is not set by hand.
+    """
+
+    vocab_size: int = 50257
+    context_length: int = 1024  # GPT-2's n_positions
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.1  # resid_pdrop, embd_pdrop and attn_pdrop
+    tie_weights: bool = True  # tie_word_embeddings
+    label_shift: str = "single"  # "single": labels handled correctly; "double": shifted twice
+    backend: str = HF_BACKEND
+
+    def __post_init__(self) -> None:
+        shared = {f.name for f in fields(GPTConfig)}
+        try:  # the shared fields obey GPTConfig's rules
+            GPTConfig(**{k: v for k, v in self.__dict__.items() if k in shared})
+        except ValueError as error:
+            raise ValueError(str(error).replace("GPTConfig.", "HFGPT2Config.")) from None
+        if self.label_shift not in LABEL_SHIFTS:
+            raise ValueError(
+                f"HFGPT2Config.label_shift={self.label_shift!r} is not a known choice: use "
+                f"'single' (correct) or 'double' (the double-shift mistake)"
+            )
+        if self.backend != HF_BACKEND:
+            raise ValueError(f"HFGPT2Config.backend={self.backend!r} must be {HF_BACKEND!r}")

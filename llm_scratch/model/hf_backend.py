@@ -16,64 +16,32 @@ token two ahead (over T-1 positions).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
 from llm_scratch.model.attention import positions_from_mask, real_tokens
 from llm_scratch.model.base import LanguageModel
-from llm_scratch.model.config import GPTConfig
+from llm_scratch.model.config import HF_BACKEND, LABEL_SHIFTS, HFGPT2Config
 from llm_scratch.model.hf import gpt2_config, require_transformers
 
-# The value of ``backend`` in an HFGPT2Config's dict; our GPT's dict has no ``backend`` key.
-HF_BACKEND = "hf_gpt2"
-LABEL_SHIFTS = ("single", "double")
-_GPT_FIELDS = {f.name for f in fields(GPTConfig)}
+# HFGPT2Config lives in config.py (no torch there: composing a config imports no torch); it is
+# still importable from here
+__all__ = ["HF_BACKEND", "HFGPT2", "HFGPT2Config", "LABEL_SHIFTS"]
 
 
-@dataclass
-class HFGPT2Config:
-    """A ``transformers.GPT2Config`` in our field names (pre-norm, biases, gelu_new, as GPT-2).
-
-    ``backend`` marks the dict in checkpoints' hyperparameters; it is not set by hand.
-    """
-
-    vocab_size: int = 50257
-    context_length: int = 1024  # GPT-2's n_positions
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.1  # resid_pdrop, embd_pdrop and attn_pdrop
-    tie_weights: bool = True  # tie_word_embeddings
-    label_shift: str = "single"  # "single": labels handled correctly; "double": shifted twice
-    backend: str = HF_BACKEND
-
-    def __post_init__(self) -> None:
-        try:  # the shared fields obey GPTConfig's rules
-            GPTConfig(**{k: v for k, v in self.__dict__.items() if k in _GPT_FIELDS})
-        except ValueError as error:
-            raise ValueError(str(error).replace("GPTConfig.", "HFGPT2Config.")) from None
-        if self.label_shift not in LABEL_SHIFTS:
-            raise ValueError(
-                f"HFGPT2Config.label_shift={self.label_shift!r} is not a known choice: use "
-                f"'single' (correct) or 'double' (the double-shift mistake)"
-            )
-        if self.backend != HF_BACKEND:
-            raise ValueError(f"HFGPT2Config.backend={self.backend!r} must be {HF_BACKEND!r}")
-
-    def to_hf(self):
-        return gpt2_config(
-            vocab_size=self.vocab_size,
-            context_length=self.context_length,
-            n_layer=self.n_layer,
-            n_head=self.n_head,
-            n_embd=self.n_embd,
-            dropout=self.dropout,
-            tie_weights=self.tie_weights,
-            use_cache=False,
-        )
+def to_hf(config: HFGPT2Config):
+    """The ``transformers.GPT2Config`` of ``config``."""
+    return gpt2_config(
+        vocab_size=config.vocab_size,
+        context_length=config.context_length,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        n_embd=config.n_embd,
+        dropout=config.dropout,
+        tie_weights=config.tie_weights,
+        use_cache=False,
+    )
 
 
 class HFGPT2(LanguageModel):
@@ -86,7 +54,7 @@ class HFGPT2(LanguageModel):
         super().__init__()
         transformers = require_transformers()
         self.config = config
-        self.hf = transformers.GPT2LMHeadModel(config.to_hf())  # GPT-2's own initialisation
+        self.hf = transformers.GPT2LMHeadModel(to_hf(config))  # GPT-2's own initialisation
 
     def forward(
         self, idx: Tensor, targets: Tensor | None = None, attention_mask: Tensor | None = None

@@ -23,8 +23,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 
 from llm_scratch.constraints import SEED_MAX, check
-from llm_scratch.model.config import PRESETS, GPTConfig
-from llm_scratch.model.hf_backend import HFGPT2Config
+from llm_scratch.model.config import PRESETS, GPTConfig, HFGPT2Config
 from llm_scratch.train.optim import OptimizerConfig, SchedulerConfig
 
 # configs/ablation/<name>.yaml, each run on top of the reference and the CPU-sized study

@@ -5,11 +5,13 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass, field
-
-import torch
+from typing import TYPE_CHECKING
 
 from llm_scratch.constraints import check, enforce
 from llm_scratch.errors import UserError
+
+if TYPE_CHECKING:  # torch is imported where an optimizer is built: composing a config needs none
+    import torch
 
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -81,6 +83,8 @@ def build_adamw(
     """AdamW; ``clips_mixed``: gradients are clipped under mixed precision, where Lightning
     refuses a fused optimizer (it unscales gradients inside its step), so ``fused=None`` means
     unfused there."""
+    import torch
+
     fused = cfg.fused
     if fused is None:
         # The fused kernel is one launch for all parameters instead of a loop of small ones.
