@@ -275,3 +275,31 @@ def test_the_step_against_nanogpt_computes_nanogpts_losses(tmp_path):
     # GPT-2's tanh GELU instead of the erf one already differs by 1e-5 here
     assert result["same_weights_max_loss_diff"] < 1e-6
     assert len(result["ratio_runs"]) == 2 and all(positive(r) for r in result["ratio_runs"])
+
+
+@pytest.mark.slow
+def test_sweep_phases_add_up_to_each_jobs_wall_time(tmp_path, shared_data_dir):
+    from llm_scratch.bench import sweep
+    from tests.helpers import CHAR_VERDICT
+
+    tiny = [o for o in CHAR_VERDICT if o != "model=gpt-nano"]
+    result = sweep.run(
+        jobs=2, steps=4, overrides=[*tiny, "trainer.val_check_interval=2"], workdir=tmp_path,
+        show=False,
+    )  # fmt: skip
+    (nano,) = result["sweeps"]
+    assert len(nano["jobs"]) == 2
+    for job in nano["jobs"]:
+        phases = job["phases"]
+        assert set(phases) == set(sweep.PHASES) and job["steps"] == 4
+        # each phase lies between two timestamps (the process start is read to 1/100 s)
+        assert all(v > -0.02 for v in phases.values()), phases
+        assert math.isclose(sum(phases.values()), job["wall"], rel_tol=0.1)
+        # two validations, each sampled and followed by a best and a last checkpoint
+        assert phases["steps"] > 0 and phases["sampling"] > 0 and phases["checkpoints"] > 0
+        writes = job["checkpoint_writes"]
+        assert len(writes) >= 4 and job["kept_bytes"] >= max(w["bytes"] for w in writes)
+    # the jobs and the launcher's time around them make up the sweep's wall time
+    jobs_and_launcher = sum(j["wall"] for j in nano["jobs"]) + nano["launcher"]
+    assert math.isclose(jobs_and_launcher, nano["wall"], rel_tol=0.1)
+    assert nano["jobs"][0]["end"] <= nano["jobs"][1]["start"] + 0.02

@@ -100,6 +100,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--no-training", action="store_true", help="skip the training start-up")
     s.add_argument("--model", default="gpt-nano", help="the model of the start-up runs")
 
+    s = add("sweep", "time to a verdict: where each job of real sweeps spends its wall time")
+    s.add_argument("overrides", nargs="*", help="Hydra overrides added to every job")
+    s.add_argument("--jobs", type=int, default=4, help="gpt-nano jobs (0: none)")
+    s.add_argument("--steps", type=int, default=20, help="steps of each gpt-nano job")
+    s.add_argument("--verdict-cpu", type=int, default=0, help="experiment=verdict_cpu jobs")
+    s.add_argument("--book", action="store_true", help="one 124M experiment=verdict_book job")
+    s.add_argument("--workdir", help="where the sweeps run (default: the temp folder)")
+
     s = add("all", "every benchmark with its defaults (several minutes on a CPU)")
     s.add_argument("overrides", nargs="*", help="Hydra overrides for throughput and overhead")
     return p
@@ -162,6 +170,12 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
             args.workdir,
             training=not args.no_training,
             model=args.model,
+        )
+    if name == "sweep":
+        from llm_scratch.bench import sweep
+
+        return sweep.run(
+            args.jobs, args.steps, args.verdict_cpu, args.book, args.overrides, args.workdir
         )
     raise ValueError(name)
 

@@ -65,6 +65,7 @@ from llm_scratch.train.run_dir import (
 )
 from llm_scratch.train.summary import write_run_summary
 from llm_scratch.train.sweep_resume import continued_sweep_job, drop_rows_after_checkpoint
+from llm_scratch.train.timing import mark
 from llm_scratch.train.validate import validate_config
 from llm_scratch.utils.allocator import retain_freed_memory
 from llm_scratch.utils.config_tree import print_config_tree
@@ -123,10 +124,12 @@ def _train(
 ) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     # Every check a config value can fail comes before anything is written to the run directory.
+    mark("data")  # phase times (llm_scratch/train/timing.py): start-up ends here
     with configured("data"):  # anything a group's object raises: one line naming the group
         datamodule = instantiate(cfg.data)
     tokenizer = datamodule.tokenizer
     _check_corpus_exists(datamodule)
+    mark("data_built")
     # A continued fine-tuning run takes its weights, and so its architecture, from its own
     # checkpoint: the GPT-2 checkpoint it started from is neither needed nor loaded again.
     checkpoint = read_checkpoint(ckpt_path, mmap=True) if ckpt_path else {}
@@ -177,6 +180,7 @@ def _train(
         atomic_write_text(written[-1], OmegaConf.to_yaml(job_cfg, resolve=True))
     written.append(output_dir / "tokenizer.json")
     tokenizer.save(written[-1])
+    mark("model")
     with configured("model"):
         module = GPTLightningModule(
             model=asdict(model_config),
@@ -198,6 +202,7 @@ def _train(
         if cfg.get("train", True):
             stage["training"] = True
             # running(): what escapes training_errors names the group whose code raised it
+            mark("fit")
             with running(), training_errors(trainer, datamodule.batch_size, output_dir):
                 trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         if cfg.get("validate_after", False):
