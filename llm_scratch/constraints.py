@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import math
 import os
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 # numpy's seeds (np.random.seed, and so Lightning's seed_everything) are 0 .. 2**32 - 1
 SEED_MAX = 2**32 - 1
@@ -150,8 +151,18 @@ def check(**kwargs: Any) -> dict[str, Check]:
 
 
 def declared(annotation: Any) -> list[Check | Either]:
-    """The checks in an ``Annotated[...]`` type (none for a plain type)."""
-    return [m for m in getattr(annotation, "__metadata__", ()) if isinstance(m, Check | Either)]
+    """The checks in an ``Annotated[...]`` type, also inside ``X | None`` (none for a plain
+    type)."""
+    found = [m for m in getattr(annotation, "__metadata__", ()) if isinstance(m, Check | Either)]
+    for arg in typing.get_args(annotation) if not found else ():
+        found += declared(arg)
+    return found
+
+
+# The common ranges, for signatures: ``batch_size: Count = 8``, ``stride: Count | None = None``.
+Count = Annotated[int, Check(ge=1)]  # a number of things, at least one
+Size = Annotated[int, Check(ge=0)]  # zero or more
+Seed = Annotated[int, Check(ge=0, le=SEED_MAX)]  # numpy's seed range
 
 
 def enforce(obj: Any, prefix: str) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from llm_scratch.constraints import Check
+from llm_scratch.constraints import Check, Count, Seed, Size
 from llm_scratch.data.corpora import CORPORA, load_corpus
 from llm_scratch.data.corpora import default_prompt as _corpus_prompt
 from llm_scratch.data.datasets import EpochShuffleSampler, RandomWindowDataset, SlidingWindowDataset
@@ -178,20 +178,20 @@ class LMDataModule(ResumableDataModule):
         self,
         corpus: str = "verdict",
         tokenizer: str = "gpt2",
-        context_length: int = 256,
-        stride: int | None = None,
-        batch_size: int = 8,
-        val_fraction: float = 0.1,
-        sampling: str = "sliding",
+        context_length: Count = 256,
+        stride: Count | None = None,
+        batch_size: Count = 8,
+        val_fraction: Annotated[float, Check(gt=0, lt=1)] = 0.1,
+        sampling: Annotated[str, Check(choices=SAMPLINGS)] = "sliding",
         # an epoch's shuffled order holds one 8-byte index per sample
         samples_per_epoch: Annotated[int | None, Check(ge=1, bytes_each=8)] = None,
-        num_workers: int = 0,
+        num_workers: Size = 0,
         pin_memory: bool = False,
         shuffle: bool = True,
         drop_last: bool = True,
         data_dir: str | None = None,
         cache_dir: str | None = None,
-        seed: int = 1337,
+        seed: Seed = 1337,
         path: str | None = None,
     ) -> None:
         super().__init__(batch_size, num_workers, pin_memory, shuffle, drop_last, seed)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
+from llm_scratch.constraints import Count, Seed, Size
 from llm_scratch.data.datamodule import ResumableDataModule, _positive_int
 from llm_scratch.data.datasets import EpochShuffleSampler
 from llm_scratch.data.instruct import (
@@ -47,23 +48,23 @@ class InstructDataModule(ResumableDataModule):
         self,
         path: str | None = None,
         tokenizer: str = "gpt2",
-        context_length: int = 256,
-        max_length: int | None = None,
-        batch_size: int = 8,
+        context_length: Count = 256,
+        max_length: Count | None = None,
+        batch_size: Count = 8,
         mask_prompt: bool = True,
         instruction_field: str | None = "instruction",
         input_field: str | None = "input",
         output_field: str = "output",
         instruction: str | None = None,
-        split_seed: int = 1337,
-        num_sample_prompts: int = 3,
+        split_seed: Seed = 1337,
+        num_sample_prompts: Size = 3,
         shuffle: bool = True,
         drop_last: bool = True,
-        num_workers: int = 0,
+        num_workers: Size = 0,
         pin_memory: bool = False,
         data_dir: str | None = None,
         cache_dir: str | None = None,
-        seed: int = 1337,
+        seed: Seed = 1337,
     ) -> None:
         super().__init__(batch_size, num_workers, pin_memory, shuffle, drop_last, seed)
         _positive_int("context_length", context_length)

@@ -11,6 +11,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Annotated
 
 import lightning as L
 import torch
@@ -20,6 +21,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
+from llm_scratch.constraints import INT64_MAX, Check, Count
 from llm_scratch.errors import NonFiniteLossError, UserError
 from llm_scratch.sample import sample_responses, sample_texts
 from llm_scratch.train.module import unpack_batch
@@ -45,12 +47,13 @@ class TextSampler(L.Callback):
 
     def __init__(
         self,
-        output_dir: str,
-        prompt: str | None = None,
-        max_new_tokens: int = 50,
-        temperature: float = 0.0,
-        top_k: int | None = None,
-        seed: int = 1234,
+        output_dir: Annotated[str, Check(nonempty=True)],
+        # the ranges (llm_scratch/constraints.py): checked before a run starts
+        prompt: Annotated[str | None, Check(nonempty=True, why="null: the data's prompt")] = None,
+        max_new_tokens: Count = 50,
+        temperature: Annotated[float, Check(ge=0, why="0: greedy")] = 0.0,
+        top_k: Count | None = None,
+        seed: Annotated[int, Check(ge=0, le=INT64_MAX)] = 1234,
     ) -> None:
         self.path = Path(output_dir) / "samples.jsonl"
         self.prompt = prompt
@@ -179,7 +182,11 @@ class ThroughputLogger(L.Callback):
     known GPUs, and on a CPU gives no MFU unless configured (``bench`` measures a CPU peak).
     """
 
-    def __init__(self, log_every_n_steps: int = 10, peak_flops: float | None = None) -> None:
+    def __init__(
+        self,
+        log_every_n_steps: Count = 10,
+        peak_flops: Annotated[float | None, Check(gt=0, why="null: known GPUs only")] = None,
+    ) -> None:
         self.log_every_n_steps = log_every_n_steps
         self.peak_flops = peak_flops
         self.tokens_seen = 0
@@ -389,7 +396,7 @@ class FiniteLossGuard(L.Callback):
     written, so ``last.ckpt`` and the best checkpoint keep the last good state.
     """
 
-    def __init__(self, check_every_n_steps: int = 1) -> None:
+    def __init__(self, check_every_n_steps: Count = 1) -> None:
         if check_every_n_steps < 1:
             raise UserError(
                 f"callbacks.finite_loss.check_every_n_steps must be >= 1, got {check_every_n_steps}"

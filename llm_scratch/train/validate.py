@@ -41,7 +41,6 @@ from omegaconf.errors import OmegaConfBaseException
 
 from llm_scratch.constraints import (
     METADATA_KEY,
-    SEED_MAX,
     Check,
     Either,
     declared,
@@ -88,7 +87,8 @@ SUPPLIED = {
 _COUNT = Check(kind=int, ge=1)
 _FRACTION = Check(kind=float, ge=0, le=1)
 _BATCHES = Either(Check(kind=int, ge=0), _FRACTION)
-# The ranges of the classes whose source is not ours, by class (and for their subclasses).
+# The ranges of the classes whose source is not ours (Lightning's), by class (and for their
+# subclasses); our own classes declare theirs on their signatures (``batch_size: Count``).
 CONSUMER_CHECKS: dict[str, dict[str, Check | Either]] = {
     "lightning.pytorch.trainer.trainer.Trainer": {
         "max_epochs": Check(ge=-1, ne=0, why="-1: no limit; 0 trains nothing"),
@@ -130,32 +130,6 @@ CONSUMER_CHECKS: dict[str, dict[str, Check | Either]] = {
         "patience": Check(ge=0),
     },
     "lightning.pytorch.loggers.csv_logs.CSVLogger": {"flush_logs_every_n_steps": _COUNT},
-    "llm_scratch.train.callbacks.TextSampler": {
-        "prompt": Check(nonempty=True, why="null: the data's default prompt"),
-        "max_new_tokens": Check(ge=1),
-        "temperature": Check(ge=0, why="0: greedy"),
-        "top_k": Check(ge=1, why="null: all tokens"),
-        "seed": Check(ge=0, le=2**64 - 1),
-        "output_dir": Check(nonempty=True),
-    },
-    "llm_scratch.train.callbacks.ThroughputLogger": {
-        "log_every_n_steps": Check(ge=1),
-        "peak_flops": Check(gt=0, why="null: known GPUs only"),
-    },
-    "llm_scratch.train.callbacks.FiniteLossGuard": {"check_every_n_steps": Check(ge=1)},
-    "llm_scratch.data.datamodule.ResumableDataModule": {
-        "batch_size": Check(ge=1),
-        "num_workers": Check(ge=0),
-        "seed": Check(ge=0, le=SEED_MAX),
-    },
-    "llm_scratch.data.instruct_datamodule.InstructDataModule": {
-        "context_length": Check(ge=1),
-        "max_length": Check(ge=1, why="null: the context length"),
-        "split_seed": Check(ge=0, le=SEED_MAX),
-        "num_sample_prompts": Check(ge=0),
-        "tokenizer": Check(nonempty=True),
-        "output_field": Check(nonempty=True),
-    },
 }
 
 
