@@ -107,6 +107,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--verdict-cpu", type=int, default=0, help="experiment=verdict_cpu jobs")
     s.add_argument("--book", action="store_true", help="one 124M experiment=verdict_book job")
     s.add_argument("--workdir", help="where the sweeps run (default: the temp folder)")
+    s.add_argument(
+        "--save-model",
+        metavar="PRESET",
+        help="also time saving this model's checkpoint against writing its bytes (e.g. gpt2)",
+    )
 
     s = add("all", "every benchmark with its defaults (several minutes on a CPU)")
     s.add_argument("overrides", nargs="*", help="Hydra overrides for throughput and overhead")
@@ -175,7 +180,13 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
         from llm_scratch.bench import sweep
 
         return sweep.run(
-            args.jobs, args.steps, args.verdict_cpu, args.book, args.overrides, args.workdir
+            args.jobs,
+            args.steps,
+            args.verdict_cpu,
+            args.book,
+            args.overrides,
+            args.workdir,
+            save_model=args.save_model,
         )
     raise ValueError(name)
 

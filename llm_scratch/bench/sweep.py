@@ -170,6 +170,54 @@ def _print(sweep: dict[str, Any]) -> None:
     )
 
 
+def checkpoint_save(model: str, workdir: Path, show: bool = True) -> dict[str, Any]:
+    """Seconds to save a checkpoint of ``model`` (a GPTConfig preset) with AdamW's state, and its
+    weights alone, the way training does (AtomicCheckpointIO: a temporary file, fsync, rename),
+    against writing the same bytes to the same disk (write, fsync): serialisation's cost."""
+    import torch
+
+    from llm_scratch.model import GPT, GPTConfig
+    from llm_scratch.train.checkpointing import AtomicCheckpointIO
+
+    net = GPT(GPTConfig.from_name(model))
+    optimizer = torch.optim.AdamW(net.parameters())
+    for p in net.parameters():  # one step with zero gradients: AdamW's two moments exist
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    state = {f"model.{k}": v for k, v in net.state_dict().items()}
+    cases = {
+        "full": {"state_dict": state, "optimizer_states": [optimizer.state_dict()]},
+        "weights only": {"state_dict": state},
+    }
+    rows, results = [], {}
+    for name, checkpoint in cases.items():
+        path = workdir / f"{name.replace(' ', '_')}.ckpt"
+        start = time.perf_counter()
+        AtomicCheckpointIO().save_checkpoint(checkpoint, path)
+        save = time.perf_counter() - start
+        data = path.read_bytes()
+        copy = workdir / "raw.bin"
+        start = time.perf_counter()
+        with copy.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        raw = time.perf_counter() - start
+        copy.unlink()
+        path.unlink()
+        results[name] = {"bytes": len(data), "save_s": save, "raw_write_s": raw}
+        mb = len(data) / 1e6
+        rows.append([name, f"{mb:.0f}", f"{save:.2f}", f"{raw:.2f}", f"{save / raw:.2f}x"])
+        del data
+    if show:
+        print_table(
+            f"saving a {model} checkpoint ({net.num_params():,} parameters)",
+            ["checkpoint", "MB", "save s", "write the bytes s", "save / write"],
+            rows,
+        )
+    return {"model": model, **results}
+
+
 def run(
     jobs: int = 4,
     steps: int = 20,
@@ -178,9 +226,11 @@ def run(
     overrides: list[str] | None = None,
     workdir: str | None = None,
     show: bool = True,
+    save_model: str | None = None,
 ) -> dict[str, Any]:
     """The sweeps asked for: ``jobs`` gpt-nano jobs of ``steps`` steps (0: none),
-    ``verdict_cpu`` jobs of ``experiment=verdict_cpu``, one 124M ``verdict_book`` job."""
+    ``verdict_cpu`` jobs of ``experiment=verdict_cpu``, one 124M ``verdict_book`` job; with
+    ``save_model``, the time to save that model's checkpoint against writing its bytes."""
     plan = []
     if jobs:
         plan.append((f"gpt-nano_{steps}steps", [*NANO, f"trainer.max_steps={steps}"], jobs))
@@ -188,13 +238,15 @@ def run(
         plan.append(("verdict_cpu", ["experiment=verdict_cpu"], verdict_cpu))
     if book:
         plan.append(("verdict_book", ["experiment=verdict_book", "trainer.accelerator=cpu"], 1))
-    if not plan:
-        raise ValueError("nothing to run: give --jobs, --verdict-cpu or --book")
+    if not plan and not save_model:
+        raise ValueError("nothing to run: give --jobs, --verdict-cpu, --book or --save-model")
     plan = [(name, [*o, *(overrides or [])], n) for name, o, n in plan]
     with tempfile.TemporaryDirectory(prefix="llm_scratch_bench_sweep_", dir=workdir) as tmp:
         sweeps = [run_sweep(name, o, n, Path(tmp), show) for name, o, n in plan]
+        saving = checkpoint_save(save_model, Path(tmp), show) if save_model else None
     return {
         "machine": machine_info("cpu"),
         "load_avg_1min_after": load_average(),
         "sweeps": sweeps,
+        "checkpoint_save": saving,
     }
