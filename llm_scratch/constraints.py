@@ -51,6 +51,7 @@ class Check:
     ne: float | None = None  # a value excluded from the range (max_steps=0)
     nonempty: bool = False  # a string or list with something in it
     choices: tuple | None = None  # one of these values
+    prefixes: tuple = ()  # or text starting with one of these (a family of names)
     path_part: bool = False  # text that becomes part of a file name: <= NAME_MAX - 4 bytes
     path: bool = False  # a path: each part between slashes <= NAME_MAX bytes
     bytes_each: int | None = None  # the value counts items of this many bytes held in memory
@@ -68,7 +69,8 @@ class Check:
         if self.nonempty:
             parts.append("not empty")
         if self.choices is not None:
-            parts.append("one of " + ", ".join(str(c) for c in self.choices))
+            family = [f"{p}..." for p in self.prefixes]
+            parts.append("one of " + ", ".join([*(str(c) for c in self.choices), *family]))
         if self.path_part:
             parts.append(f"at most {NAME_MAX - 4} bytes between slashes (it names files)")
         if self.path:
@@ -111,7 +113,10 @@ class Check:
                 )
         if self.nonempty and isinstance(value, str | list | tuple) and len(value) == 0:
             return f"it must be {self.describe()}"
-        if self.choices is not None and value not in self.choices:
+        named = (
+            isinstance(value, str) and value.startswith(self.prefixes) if self.prefixes else False
+        )
+        if self.choices is not None and value not in self.choices and not named:
             return f"it must be {self.describe()}"
         if self.path_part and isinstance(value, str):
             parts = value.split("/")

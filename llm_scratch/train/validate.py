@@ -55,6 +55,7 @@ from llm_scratch.train.sharding import check_fsdp_config
 
 # Every metric a run logs (module.py, the throughput callback): what a checkpoint callback can
 # monitor. tests/test_boundary.py checks it against the columns of a trained run's metrics.csv.
+# The optional callbacks log families of names: eval/<task>/acc, probes/<name>/...
 LOGGED_METRICS = (
     "train/loss",
     "train/lr",
@@ -68,6 +69,7 @@ LOGGED_METRICS = (
     "step",
     "epoch",
 )
+METRIC_FAMILIES = ("eval/", "probes/")
 
 # The sections typed by a dataclass rather than by what they instantiate.
 SCHEMA_SECTIONS: dict[str, type] = {
@@ -116,7 +118,7 @@ CONSUMER_CHECKS: dict[str, dict[str, Check | Either]] = {
         "default_root_dir": Check(nonempty=True),
     },
     "lightning.pytorch.callbacks.model_checkpoint.ModelCheckpoint": {
-        "monitor": Check(choices=LOGGED_METRICS, why="a metric the run logs"),
+        "monitor": Check(choices=LOGGED_METRICS, prefixes=METRIC_FAMILIES, why="a metric logged"),
         "mode": Check(choices=("min", "max")),
         "save_top_k": Check(ge=-1, why="-1: every checkpoint"),
         "every_n_train_steps": Check(ge=0, why="null or 0: not by steps"),
@@ -125,7 +127,7 @@ CONSUMER_CHECKS: dict[str, dict[str, Check | Either]] = {
         "dirpath": Check(nonempty=True),
     },
     "lightning.pytorch.callbacks.early_stopping.EarlyStopping": {
-        "monitor": Check(choices=LOGGED_METRICS, why="a metric the run logs"),
+        "monitor": Check(choices=LOGGED_METRICS, prefixes=METRIC_FAMILIES, why="a metric logged"),
         "mode": Check(choices=("min", "max")),
         "patience": Check(ge=0),
     },
