@@ -422,3 +422,24 @@ def test_a_sweeps_first_job_is_checked_before_the_sweep_directory(overrides, ref
     assert caught.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and refused in err, err
+
+
+# ----------------------------------------------------------------------------- the boundary
+def test_the_boundary_names_the_group_and_lets_user_errors_and_ctrl_c_through():
+    import torch
+
+    from llm_scratch.train.boundary import running
+
+    with pytest.raises(UserError) as caught, configured("trainer"):
+        raise ValueError("Precision 'x' is invalid.\nAllowed: 32-true")
+    text = str(caught.value)
+    assert text.startswith("trainer: Precision 'x' is invalid; Allowed: 32-true")
+    assert "ValueError" in text and "LLM_SCRATCH_TRACEBACK=1" in text and "\n" not in text
+    assert isinstance(caught.value.__cause__, ValueError)  # the traceback shows the original
+    with pytest.raises(UserError, match="^data.batch_size must be"), configured("data"):
+        raise UserError("data.batch_size must be a positive integer")
+    with pytest.raises(KeyboardInterrupt), configured("data"):
+        raise KeyboardInterrupt
+    # while running: the group whose code raised it (here torch's optimizer)
+    with pytest.raises(UserError, match="^optimizer: Invalid learning rate"), running():
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=-1.0)
