@@ -411,7 +411,7 @@ def sweep_config(overrides: list[str]) -> DictConfig:
     ],
 )
 def test_a_sweeps_first_job_is_checked_before_the_sweep_directory(overrides, refused, capsys):
-    from llm_scratch.train.boundary import CheckConfigFirst
+    from llm_scratch.train.validate import CheckConfigFirst
 
     cfg = sweep_config(overrides)
     if refused is None:

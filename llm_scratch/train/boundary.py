@@ -7,23 +7,20 @@ prints one ``error:`` line instead of a traceback (``LLM_SCRATCH_TRACEBACK=1`` s
 traceback, with the original exception as its cause). A :class:`UserError` raised inside
 already names its key and passes unchanged; Ctrl-C and ``SystemExit`` are not errors.
 
-:class:`CheckConfigFirst`, a Hydra callback (configs/hydra/default.yaml), validates the config
-before Hydra creates the run directory: a value that would fail there (a ``task_name`` too long
-for a file name) is refused naming its key, and a refused run leaves no directory behind.
+The config's values are checked before any of this (llm_scratch/train/validate.py, also before
+Hydra makes the run directory: its ``CheckConfigFirst``); the boundary is for what only the
+libraries find.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import sys
 import traceback
 from collections.abc import Iterator
-from typing import Any
 
 from hydra.errors import InstantiationException
 
-from llm_scratch.errors import UserError, one_line, report_user_error
+from llm_scratch.errors import UserError, one_line
 
 # Where a failure while running comes from: the modules of what each group instantiates.
 _RUNNING_GROUPS = (
@@ -89,80 +86,3 @@ def running(default: str = "trainer") -> Iterator[None]:
         raise
     except Exception as error:  # noqa: BLE001 - the boundary, as configured()
         raise UserError(describe_failure(group_of(error, default), error)) from error
-
-
-try:
-    from hydra.experimental.callback import Callback as _HydraCallback
-except ImportError:  # another Hydra layout: the job validates the config itself
-    _HydraCallback = object  # type: ignore[assignment,misc]
-
-
-class CheckConfigFirst(_HydraCallback):  # type: ignore[misc,valid-type]
-    """Validate a run's config before Hydra creates its run directory; a refusal is one line and
-    exit status 2 (the job validates again: for sweeps, whose jobs Hydra starts otherwise, and
-    for runs in-process)."""
-
-    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        """A sweep's first job's config (each swept key at its first value), checked before
-        the sweep directory is made; a sweep over config groups is left to its jobs (each
-        needs a composition of its own), and so is anything this cannot prepare."""
-        from llm_scratch.train.validate import validate_config
-
-        try:
-            cfg = _first_job(config)
-        except Exception:  # noqa: BLE001 - the jobs validate themselves
-            return
-        if cfg is not None:
-            self._check(cfg, os.path.join(str(cfg.hydra.sweep.dir), "0"), validate_config)
-
-    def on_run_start(self, config: Any, **kwargs: Any) -> None:
-        from llm_scratch.train.validate import validate_config
-
-        self._check(config.copy(), str(config.hydra.run.dir), validate_config)
-
-    @staticmethod
-    def _check(cfg: Any, output_dir: str, validate_config: Any) -> None:
-        from omegaconf import DictConfig, open_dict
-
-        with open_dict(cfg):
-            # what Hydra sets once the directory exists (its name is checked here, not made)
-            output_dir = os.path.abspath(output_dir)
-            cfg.hydra.runtime.output_dir = output_dir
-            if isinstance(cfg.get("paths"), DictConfig):
-                cfg.paths.output_dir = output_dir
-        try:
-            validate_config(cfg)
-        except UserError as error:
-            # Hydra turns a callback's exception into a warning and goes on to make the
-            # directory: leave with the one line here (LLM_SCRATCH_TRACEBACK=1: the job refuses
-            # the config again, with the traceback)
-            sys.exit(report_user_error(error))
-
-
-def _first_job(config: Any) -> Any:
-    """``config`` (a sweep's) with every swept key at its first value, as the first job gets it;
-    None when a config group is swept (``model=gpt-nano,gpt-mini``)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
-
-    from llm_scratch.compat import apply_overrides
-
-    parser = OverridesParser.create()
-    given = parser.parse_overrides(list(config.hydra.overrides.task))
-    node = config.hydra.sweeper.get("params")
-    params = OmegaConf.to_container(node, resolve=False) if node else {}
-    swept = parser.parse_overrides([f"{k}={v}" for k, v in params.items()])
-    groups = set(config.hydra.runtime.get("choices") or {})
-    first = []
-    # the command line's plain overrides are in config already; the sweeper's params are not
-    for override in [o for o in given if o.is_sweep_override()] + swept:
-        if override.key_or_group in groups or override.package is not None:
-            return None
-        if override.is_sweep_override():
-            value = next(iter(override.sweep_string_iterator()))
-            first.append(f"{override.get_key_element()}={value}")
-        else:
-            first.append(override.input_line)
-    cfg = config.copy()
-    apply_overrides(cfg, first)
-    return cfg

@@ -21,6 +21,12 @@ claimed. Each node is checked against what consumes it:
 
 A value set by interpolation (``callbacks.finite_loss.check_every_n_steps:
 ${trainer.log_every_n_steps}``) is refused under the key the user sets.
+
+:class:`CheckConfigFirst`, a Hydra callback (configs/hydra/default.yaml), runs the checks before
+Hydra creates the run directory (for a sweep: the first job's config before the sweep's): a
+value that would fail there (a ``task_name`` too long for a file name) is refused naming its
+key, and a refused run leaves no directory behind. The job checks again, before it claims the
+directory (each sweep job, runs in-process).
 """
 
 from __future__ import annotations
@@ -29,14 +35,16 @@ import dataclasses
 import difflib
 import functools
 import inspect
+import os
 import re
+import sys
 import types
 import typing
 from dataclasses import MISSING
 from typing import Any, Literal, Union
 
 from hydra.utils import get_object, instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from llm_scratch.constraints import (
@@ -47,7 +55,7 @@ from llm_scratch.constraints import (
     generic_problem,
     memory_bytes,
 )
-from llm_scratch.errors import UserError, one_line
+from llm_scratch.errors import UserError, one_line, report_user_error
 from llm_scratch.train.boundary import configured
 from llm_scratch.train.config_store import PathsSchema, TrainSchema
 from llm_scratch.train.optim import OptimizerConfig, SchedulerConfig
@@ -491,3 +499,74 @@ def validate_config(cfg: DictConfig) -> None:
     checker.leaves("", job)
     _build_cheap_objects(job)
     check_fsdp_config(cfg)  # what trainer=fsdp cannot combine with
+
+
+# ----------------------------------------------------------------------------- before Hydra
+try:
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # another Hydra layout: the job validates the config itself
+    _HydraCallback = object  # type: ignore[assignment,misc]
+
+
+class CheckConfigFirst(_HydraCallback):  # type: ignore[misc,valid-type]
+    """Validate a run's config before Hydra creates its run directory; a refusal is one line and
+    exit status 2 (the job validates again: for sweeps, whose jobs Hydra starts otherwise, and
+    for runs in-process)."""
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        """A sweep's first job's config (each swept key at its first value), checked before
+        the sweep directory is made; a sweep over config groups is left to its jobs (each
+        needs a composition of its own), and so is anything this cannot prepare."""
+        try:
+            cfg = _first_job(config)
+        except Exception:  # noqa: BLE001 - the jobs validate themselves
+            return
+        if cfg is not None:
+            self._check(cfg, os.path.join(str(cfg.hydra.sweep.dir), "0"))
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        self._check(config.copy(), str(config.hydra.run.dir))
+
+    @staticmethod
+    def _check(cfg: Any, output_dir: str) -> None:
+        with open_dict(cfg):
+            # what Hydra sets once the directory exists (its name is checked here, not made)
+            output_dir = os.path.abspath(output_dir)
+            cfg.hydra.runtime.output_dir = output_dir
+            if isinstance(cfg.get("paths"), DictConfig):
+                cfg.paths.output_dir = output_dir
+        try:
+            validate_config(cfg)
+        except UserError as error:
+            # Hydra turns a callback's exception into a warning and goes on to make the
+            # directory: leave with the one line here (LLM_SCRATCH_TRACEBACK=1: the job refuses
+            # the config again, with the traceback)
+            sys.exit(report_user_error(error))
+
+
+def _first_job(config: Any) -> Any:
+    """``config`` (a sweep's) with every swept key at its first value, as the first job gets it;
+    None when a config group is swept (``model=gpt-nano,gpt-mini``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from llm_scratch.compat import apply_overrides
+
+    parser = OverridesParser.create()
+    given = parser.parse_overrides(list(config.hydra.overrides.task))
+    node = config.hydra.sweeper.get("params")
+    params = OmegaConf.to_container(node, resolve=False) if node else {}
+    swept = parser.parse_overrides([f"{k}={v}" for k, v in params.items()])
+    groups = set(config.hydra.runtime.get("choices") or {})
+    first = []
+    # the command line's plain overrides are in config already; the sweeper's params are not
+    for override in [o for o in given if o.is_sweep_override()] + swept:
+        if override.key_or_group in groups or override.package is not None:
+            return None
+        if override.is_sweep_override():
+            value = next(iter(override.sweep_string_iterator()))
+            first.append(f"{override.get_key_element()}={value}")
+        else:
+            first.append(override.input_line)
+    cfg = config.copy()
+    apply_overrides(cfg, first)
+    return cfg
