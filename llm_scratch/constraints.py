@@ -168,6 +168,8 @@ def declared(annotation: Any) -> list[Check | Either]:
 Count = Annotated[int, Check(ge=1)]  # a number of things, at least one
 Size = Annotated[int, Check(ge=0)]  # zero or more
 Seed = Annotated[int, Check(ge=0, le=SEED_MAX)]  # numpy's seed range
+# DataLoader worker processes: each is a process of its own (2**62 would fork until it fails)
+Workers = Annotated[int, Check(ge=0, le=1024, why="worker processes")]
 
 
 def enforce(obj: Any, prefix: str) -> None:

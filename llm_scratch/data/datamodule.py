@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from llm_scratch.constraints import Check, Count, Seed, Size
+from llm_scratch.constraints import Check, Count, Seed, Workers
 from llm_scratch.data.corpora import CORPORA, load_corpus
 from llm_scratch.data.corpora import default_prompt as _corpus_prompt
 from llm_scratch.data.datasets import EpochShuffleSampler, RandomWindowDataset, SlidingWindowDataset
@@ -185,7 +185,7 @@ class LMDataModule(ResumableDataModule):
         sampling: Annotated[str, Check(choices=SAMPLINGS)] = "sliding",
         # an epoch's shuffled order holds one 8-byte index per sample
         samples_per_epoch: Annotated[int | None, Check(ge=1, bytes_each=8)] = None,
-        num_workers: Size = 0,
+        num_workers: Workers = 0,
         pin_memory: bool = False,
         shuffle: bool = True,
         drop_last: bool = True,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from llm_scratch.constraints import Count, Seed, Size
+from llm_scratch.constraints import Count, Seed, Size, Workers
 from llm_scratch.data.datamodule import ResumableDataModule, _positive_int
 from llm_scratch.data.datasets import EpochShuffleSampler
 from llm_scratch.data.instruct import (
@@ -60,7 +60,7 @@ class InstructDataModule(ResumableDataModule):
         num_sample_prompts: Size = 3,
         shuffle: bool = True,
         drop_last: bool = True,
-        num_workers: Size = 0,
+        num_workers: Workers = 0,
         pin_memory: bool = False,
         data_dir: str | None = None,
         cache_dir: str | None = None,
