@@ -27,6 +27,13 @@ WARMUP_AT_1000 = {
     "ablation_norm_cpu": [0, 100],
     "ablation_lr": [100, 0],
     "ablation_lr_cpu": [100, 0],
+    # the code study: 10% warm-up; its lr ablation sweeps the peaks with the warm-up only
+    "code_cpu": [100],
+    "ablation_norm_code": [0, 100],
+    "ablation_init_code": [100],
+    "ablation_tying_code": [100],
+    "ablation_lr_code": [100],
+    "ablation_attention_code": [100],
 }
 EXPERIMENTS = option_names("experiment")
 
@@ -51,9 +58,22 @@ def _warmups(overrides: list[str], tmp_path) -> list[int]:
     return [SchedulerConfig(**{**base, **job}).warmup(1000) for job in _sweep_jobs(cfg)]
 
 
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> str:
+    """A prepared dataset (The Verdict's), for the experiments on data=shards."""
+    from llm_scratch.data.prepare import PrepareSettings, prepare
+
+    out = tmp_path_factory.mktemp("data") / "verdict"
+    settings = dict(workers=1, progress="none", val_fraction=0.1)
+    prepare(PrepareSettings(source="verdict", out=str(out), **settings), log=lambda _: None)
+    return str(out)
+
+
 @pytest.mark.parametrize("experiment", [None, *EXPERIMENTS])
-def test_every_experiment_keeps_its_warmup(experiment, tmp_path):
+def test_every_experiment_keeps_its_warmup(experiment, tmp_path, shards):
     overrides = [] if experiment is None else [f"experiment={experiment}"]
+    if experiment and (experiment == "code_cpu" or experiment.endswith("_code")):
+        overrides.append(f"data.path={shards}")  # the prepared corpus: the user's to give
     assert _warmups(overrides, tmp_path) == WARMUP_AT_1000.get(experiment, [0])
 
 
@@ -216,3 +236,64 @@ def test_values_in_range_still_train(tmp_path):
     overrides = ["trainer.gradient_clip_val=0", "callbacks.text_sampler.top_k=5"]
     train(compose_config([*TINY, *overrides, "trainer.val_check_interval=2"], tmp_path / "run"))
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
+# ==================== The study on data the model cannot memorise (experiment=ablation_<name>_code)
+
+# the code corpus prepared with GPT-2 BPE (training/prepare_data.py source=code.jsonl): its
+# training split's tokens, as its index.json and the prepare command's last line state them
+CODE_TRAIN_TOKENS = 36_192_793
+# each ablation's jobs: seeds x its settings
+CODE_JOBS = {"norm": 12, "init": 6, "tying": 6, "lr": 18, "attention": 2}
+
+
+def _sweep_values(cfg) -> dict[str, list[str]]:
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params)
+    return {key: str(values).split(",") for key, values in params.items()}
+
+
+@pytest.mark.parametrize("ablation", sorted(CODE_JOBS))
+def test_every_code_ablation_composes_its_jobs_on_the_same_unseen_tokens(
+    ablation, tmp_path, shards
+):
+    """Every job of the sweep composes with data.path set; every job trains on the same number
+    of tokens (compute-matched), fewer than one epoch's windows (no token seen twice)."""
+    base = [f"experiment=ablation_{ablation}_code", f"data.path={shards}"]
+    cfg = compose_config(base, tmp_path / "run")
+    assert cfg.data.path == shards and cfg.data.sampling == "epoch"
+    values = _sweep_values(cfg)
+    jobs = 1
+    for options in values.values():
+        jobs *= len(options)
+    assert jobs == CODE_JOBS[ablation]
+    assert "training_probes" in cfg.callbacks  # the probes are on
+    tokens = set()
+    for key, options in values.items():
+        for value in options:  # each level of each factor, as the sweep's jobs set it
+            job = compose_config([*base, f"{key}={value}"], tmp_path / f"{key}={value}")
+            validate_config(job)
+            for section in job.values():  # every interpolation resolves (hydra's own aside)
+                if OmegaConf.is_config(section) and section is not job.hydra:
+                    OmegaConf.to_container(section, resolve=True)
+            seen = job.trainer.max_steps * job.data.batch_size * job.data.context_length
+            tokens.add(seen * job.trainer.get("accumulate_grad_batches", 1))
+    (seen,) = tokens  # compute-matched: every job the same tokens
+    assert seen < CODE_TRAIN_TOKENS // 10
+
+
+def test_the_code_ablations_vary_what_the_study_says(tmp_path):
+    def values(ablation: str) -> dict[str, list[str]]:
+        cfg = compose_config(
+            [f"experiment=ablation_{ablation}_code", "data.path=d"], tmp_path / ablation
+        )
+        return _sweep_values(cfg)
+
+    assert values("norm")["model.pre_norm"] == ["true", "false"]
+    assert values("norm")["scheduler.warmup_fraction"] == ["0.0", "0.1"]
+    lr = values("lr")
+    assert [float(v) for v in lr["optimizer.lr"]] == [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3]
+    assert lr["scheduler.warmup_fraction"] == ["0.1"] and lr["seed"] == ["1", "2", "3"]
+    attention = values("attention")
+    assert attention["seed"] == ["1"] and attention["model.attention"] == ["loop", "fused"]
+    cfg = compose_config(["experiment=ablation_attention_code", "data.path=d"], tmp_path / "a")
+    assert cfg.model.dropout == 0.0  # loop and fused give the same curve only without dropout

@@ -27,6 +27,14 @@ from tests.helpers import FAST, REPO, column, compose_config, option_names, read
 )
 def test_every_config_composes_and_instantiates(group, option, tmp_path):
     extra = ["data.path=" + str(tmp_path / "corpus.txt")] if option == "text" else []
+    if option == "shards" or option == "code_cpu" or option.endswith("_code"):
+        from llm_scratch.data.prepare import PrepareSettings, prepare
+
+        # these read a prepared dataset (data=shards): The Verdict's, made here
+        out = tmp_path / "verdict_shards"
+        settings = dict(workers=1, progress="none", val_fraction=0.1)
+        prepare(PrepareSettings(source="verdict", out=str(out), **settings), log=lambda _: None)
+        extra = [f"data.path={out}"]
     cfg = compose_config([f"{group}={option}", *extra], tmp_path / "run")
     validate_config(cfg)
     datamodule = instantiate(cfg.data)
