@@ -168,6 +168,9 @@ def declared(annotation: Any) -> list[Check | Either]:
 Count = Annotated[int, Check(ge=1)]  # a number of things, at least one
 Size = Annotated[int, Check(ge=0)]  # zero or more
 Seed = Annotated[int, Check(ge=0, le=SEED_MAX)]  # numpy's seed range
+# tokens generated one at a time: a million is hours on a GPU, and more never finishes
+MAX_NEW_TOKENS = 1_000_000
+NewTokens = Annotated[int, Check(ge=1, le=MAX_NEW_TOKENS)]
 # DataLoader worker processes: each is a process of its own (2**62 would fork until it fails)
 Workers = Annotated[int, Check(ge=0, le=1024, why="worker processes")]
 

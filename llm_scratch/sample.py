@@ -14,14 +14,13 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from llm_scratch.checkpoint import load_model, prompt_template, resolve_checkpoint
-from llm_scratch.constraints import INT64_MAX, check, enforce
+from llm_scratch.constraints import INT64_MAX, MAX_NEW_TOKENS, check, enforce
 from llm_scratch.data.instruct import PromptTemplate, left_pad
 from llm_scratch.data.tokenizers import Tokenizer
 from llm_scratch.errors import UserError, report_user_error
 from llm_scratch.utils.io import parse_user_json, read_user_text
 
 MAX_SAMPLES = 65_536
-MAX_NEW_TOKENS = 1_000_000
 
 
 @dataclass

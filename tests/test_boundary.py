@@ -184,6 +184,7 @@ def test_every_key_with_every_kind_of_bad_value_is_valid_or_one_line(bases, base
         ("model.n_embd=50", ["n_embd=50", "divisible"]),
         ("model.n_layer=1000000000000", ["model.n_layer=1000000000000", "weights alone"]),
         ("data.num_workers=4611686018427387904", ["data.num_workers", "<= 1024"]),
+        ("callbacks.text_sampler.max_new_tokens=10000000", ["max_new_tokens", "<= 1000000"]),
     ],
 )
 def test_the_issues_cases_are_refused_naming_the_key(bases, override, words):

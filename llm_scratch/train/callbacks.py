@@ -21,7 +21,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from llm_scratch.constraints import INT64_MAX, Check, Count
+from llm_scratch.constraints import INT64_MAX, Check, Count, NewTokens
 from llm_scratch.errors import NonFiniteLossError, UserError
 from llm_scratch.sample import sample_responses, sample_texts
 from llm_scratch.train.module import unpack_batch
@@ -50,7 +50,7 @@ class TextSampler(L.Callback):
         output_dir: Annotated[str, Check(nonempty=True)],
         # the ranges (llm_scratch/constraints.py): checked before a run starts
         prompt: Annotated[str | None, Check(nonempty=True, why="null: the data's prompt")] = None,
-        max_new_tokens: Count = 50,
+        max_new_tokens: NewTokens = 50,
         temperature: Annotated[float, Check(ge=0, why="0: greedy")] = 0.0,
         top_k: Count | None = None,
         seed: Annotated[int, Check(ge=0, le=INT64_MAX)] = 1234,
