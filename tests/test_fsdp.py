@@ -13,6 +13,7 @@ import lightning as L
 import pytest
 import torch
 import torch.distributed as dist
+from omegaconf import OmegaConf
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule
@@ -345,8 +346,13 @@ def test_trainer_fsdp_on_several_nodes_through_the_slurm_launcher(tmp_path):
         ["hydra/launcher=slurm", "trainer=fsdp", "trainer.devices=4", "trainer.num_nodes=2"],
         tmp_path,
     )
-    launcher = cfg.hydra.launcher
-    assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node) == (2, 4, 4)
+    from hydra_plugins.llm_scratch_launcher.slurm_launcher import Partition, job_resources
+
+    # the launcher's auto settings follow the trainer: 2 nodes of 4 tasks, a GPU each
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
+    gpus = Partition("gpu", True, True, nodes=2, cpus=64, mem_mb=512_000, gpus=8)
+    asked = job_resources(launcher, cfg, gpus)
+    assert (asked.nodes, asked.gpus_per_node, asked.tasks_per_node) == (2, 4, 4)
     assert cfg.trainer.num_nodes == 2 and cfg.trainer.devices == 4
     validate_config(cfg)
 

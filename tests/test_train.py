@@ -51,8 +51,11 @@ def test_every_config_composes_and_instantiates(group, option, tmp_path):
         assert type(instantiate(node)).__name__ == node._target_.rsplit(".", 1)[-1]
 
 
-# the corpora cut windows at a stride; instruction data (data=instruct) is examples, not windows
-@pytest.mark.parametrize("option", [o for o in option_names("data") if o != "instruct"])
+# the corpora cut windows at a stride; instruction data (data=instruct) is examples, not windows,
+# and prepared shards (data=shards) have no stride: their windows follow the context length
+@pytest.mark.parametrize(
+    "option", [o for o in option_names("data") if o not in ("instruct", "shards")]
+)
 def test_data_stride_follows_a_changed_context_length(option, tmp_path):
     # A shorter context must not skip text (or a longer one overlap) because of a fixed stride.
     extra = ["data.path=" + str(tmp_path / "corpus.txt")] if option == "text" else []
