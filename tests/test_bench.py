@@ -109,6 +109,23 @@ def test_throughput_through_lightning(shared_data_dir):
     assert result["machine"]["torch"] == torch.__version__
 
 
+def test_probes_option_times_the_config_without_and_with_the_probes(tmp_path, capsys):
+    out = tmp_path / "probes.json"
+    args = ["throughput", *TINY, "--probes", "--steps", "2", "--warmup", "1", "--repeats", "2"]
+    assert main([*args, "--out", str(out)]) == 0
+    off, on = json.loads(out.read_text())["rows"]
+    assert off["overrides"] == TINY
+    assert on["overrides"] == [*TINY, "+probes@callbacks.training_probes=training"]
+    assert off["pair_ratios"] == [1.0, 1.0] and len(on["pair_ratios"]) == 2
+    assert on["pair_ratio_median"] == pytest.approx(sum(on["pair_ratios"]) / 2)
+    assert all(r > 0 for r in on["pair_ratios"])
+    capsys.readouterr()
+    assert main([*args, "--variants", "", "compile=true", "--no-save"]) == 2
+    assert capsys.readouterr().err == (
+        "error: --probes sets the variants itself: give --probes or --variants\n"
+    )
+
+
 def test_profile_records_exactly_the_steady_state_steps(shared_data_dir):
     result = profile.run(TINY, steps=3, warmup=2, top=10_000, show=False)
     rows = {r["operator"]: r for r in result["rows"]}

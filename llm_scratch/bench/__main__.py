@@ -14,6 +14,9 @@ from llm_scratch.bench.common import RESULTS_DIR, resolve_device, write_json
 from llm_scratch.errors import UserError, report_user_error
 from llm_scratch.utils.allocator import retain_freed_memory
 
+# the probes as the ablations switch them on (every 10 optimizer steps)
+PROBES_ON = "+probes@callbacks.training_probes=training"
+
 
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(",") if v)
@@ -45,6 +48,12 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--warmup", type=int, default=3, help="untimed steps first")
         s.add_argument("--repeats", type=int, default=1 if name == "throughput" else 3)
         if name == "throughput":
+            s.add_argument(
+                "--probes",
+                action="store_true",
+                help="the training-health probes' cost: the config without them and with "
+                f"them ({PROBES_ON}) as the two variants, interleaved",
+            )
             s.add_argument(
                 "--variants",
                 nargs="+",
@@ -122,9 +131,12 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
     if name == "throughput":
         from llm_scratch.bench import throughput
 
-        return throughput.run(
-            args.overrides, getattr(args, "variants", None), args.steps, args.warmup, args.repeats
-        )
+        variants = getattr(args, "variants", None)
+        if getattr(args, "probes", False):
+            if variants:
+                raise UserError("--probes sets the variants itself: give --probes or --variants")
+            variants = ["", PROBES_ON]
+        return throughput.run(args.overrides, variants, args.steps, args.warmup, args.repeats)
     if name == "overhead":
         from llm_scratch.bench import overhead
 

@@ -181,8 +181,14 @@ def run(
                 "mfu": first["flops_per_token"] * tps / peak,
             }
         )
-    for row in rows:
+    first = [x["tokens_per_sec"] for x in runs[variants[0]]]
+    for row, variant in zip(rows, variants, strict=True):
         row["speedup"] = row["tokens_per_sec"] / rows[0]["tokens_per_sec"]
+        # each repeat's ratio to the first variant's run beside it (the same load), and their
+        # median: steadier than the ratio of medians on a loaded machine
+        ratios = [x["tokens_per_sec"] / f for x, f in zip(runs[variant], first, strict=True)]
+        row["pair_ratios"] = ratios
+        row["pair_ratio_median"] = median(ratios)
     result = {
         "benchmark": "throughput",
         "machine": machine_info(rows[0]["device"]),
@@ -196,7 +202,7 @@ def run(
         print_table(
             "Training throughput through Lightning, steady state: "
             + (" ".join(overrides) or "(default config)"),
-            ["variant", "params", "precision", "tokens/s", "step ms", "MFU", "vs first"],
+            ["variant", "params", "precision", "tokens/s", "step ms", "MFU", "vs first", "paired"],
             [
                 [
                     row["variant"],
@@ -206,12 +212,14 @@ def run(
                     row["step_ms_median"],
                     f"{100 * row['mfu']:.1f}%",
                     f"{row['speedup']:.2f}x",
+                    f"{row['pair_ratio_median']:.3f}x",
                 ]
                 for row in rows
             ],
             note="MFU peak: "
             + ", ".join(f"{p / 1e9:,.0f} GFLOP/s ({s})" for p, s in peaks.values())
-            + f"; {repeats} interleaved runs of {steps} timed steps; load "
+            + f"; {repeats} interleaved runs of {steps} timed steps (paired: the median of "
+            "each repeat's ratio to the first variant's run); load "
             + str(machine_info()["load_avg_1min"]),
         )
     return result
