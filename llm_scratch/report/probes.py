@@ -165,8 +165,9 @@ def plot_heatmaps(name: str, data: dict[str, Any], path: Path, save) -> bool:
         ax.set_xticks(ticks, [str(steps[i]) for i in ticks], fontsize=7)
         ax.set_ylabel("block", fontsize=8)
         ax.set_title(f"{label} (mean of {probe[layers[0]]['n']} seeds)", fontsize=8)
+        # a bar beside each panel (the same scale): one spanning them all overlaps them
+        fig.colorbar(image, ax=ax, pad=0.02).ax.tick_params(labelsize=7)
     axes[-1, 0].set_xlabel("optimizer step")
-    fig.colorbar(image, ax=axes[:, 0].tolist(), shrink=0.9).ax.tick_params(labelsize=7)
     fig.suptitle(f"{name}: {DESCRIPTIONS.get(name, name)}", fontsize=9)
     save(fig, path)
     return True
@@ -236,7 +237,7 @@ def probes_section(data: dict[str, Any] | None, out_dir: Path, save) -> list[str
             lines += [f"![{name} by block and step]({heat})", ""]
         curves = f"probe_{name}.png"
         if plot_layers(name, data, out_dir / curves, save):
-            lines += [f"![{name} at chosen blocks]({curves})", ""]
+            lines += [f"![{name} over steps]({curves})", ""]
     if not lines:
         return []
     return [
