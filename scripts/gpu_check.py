@@ -150,7 +150,8 @@ def plan(out: Path, n_gpus: int, cpu_smoke: bool = False) -> list[Step]:
         fsdp += ["trainer.accelerator=cpu", "trainer.devices=2"]
     # one GPU: both sweep jobs on it at once; more: one each
     share = ["hydra.launcher.devices=[0,0]"] if n_gpus == 1 else ["hydra.launcher.parallel_jobs=2"]
-    tests = [py, "-m", "pytest", "-m", "gpu", "tests/test_gpu.py", "-q", "-rs"]
+    # one process: the GPU tests measure memory and speed on the one device (no xdist workers)
+    tests = [py, "-m", "pytest", "-n", "0", "-m", "gpu", "tests/test_gpu.py", "-q", "-rs"]
     return [
         Step("tests", [*tests, "-p", "no:cacheprovider"], 240, "tests marked gpu"),
         Step(

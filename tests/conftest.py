@@ -37,8 +37,13 @@ def shared_data_dir() -> Path:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip the tests marked ``gpu`` where torch sees no CUDA GPU (as lightning-hydra-template's
-    ``RunIf(min_gpus=1)``); torch is imported only when such a test is collected."""
+    """Run the tests marked ``slurm`` on one xdist worker (their jobs share the cluster's one
+    node: two tests' jobs at once would wait on each other); skip the tests marked ``gpu`` where
+    torch sees no CUDA GPU (as lightning-hydra-template's ``RunIf(min_gpus=1)``); torch is
+    imported only when such a test is collected."""
+    for item in items:
+        if item.get_closest_marker("slurm") is not None:
+            item.add_marker(pytest.mark.xdist_group("slurm"))
     gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
     if not gpu_items:
         return

@@ -203,7 +203,7 @@ def test_every_gpu_check_command_parses(tmp_path, gpus):
             overrides = [a for a in args[1:] if a != "-m" and "," not in a.split("=")[-1]]
             validate_config(compose_config(overrides, tmp_path / step.name))
         else:
-            assert args[:4] == ["-m", "pytest", "-m", "gpu"]
+            assert args[:6] == ["-m", "pytest", "-n", "0", "-m", "gpu"]  # one process
     sweep = next(s for s in steps if s.name == "sweep").command
     assert ("hydra.launcher.devices=[0,0]" in sweep) == (gpus == 1)
 
