@@ -347,6 +347,9 @@ def usage() -> str:
         "Examples:",
         '  python training/sample.py ckpt_path=last prompt="Every effort moves you" temperature=0',
         "  python training/sample.py ckpt_path=<run dir> prompts_file=prompts.jsonl max_new_tokens=80",
+        "",
+        "The samples a run shows while it trains are greedy and 50 tokens long",
+        "(callbacks.text_sampler); temperature=0 max_new_tokens=50 gives the same here.",
     ]
     return "\n".join(lines)
 

@@ -419,6 +419,7 @@ def test_sample_help_lists_every_option_with_its_default():
     for f in fields(SampleConfig):
         assert f"  {f.name} " in result.stdout, f.name
     assert "[200]" in result.stdout  # max_new_tokens' default
+    assert "temperature=0 max_new_tokens=50 gives the same" in result.stdout  # as in training
 
 
 def test_sample_takes_last_and_says_which_checkpoint(tmp_path):
