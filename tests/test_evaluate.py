@@ -153,7 +153,9 @@ def test_hellaswag_preprocessing_is_the_harness_own(tmp_path):
 @pytest.mark.parametrize(
     "content,message",
     [
-        ('{"context": "a", "choices": ["b", "c"], "label": 0}\n{"context": "a",', "line 2 is not JSON"),
+        ('{"context": "a", "choices": ["b", "c"], "label": 0}\n{"context": "a",', "line 2 is not valid JSON"),
+        ("[" * 200_000 + "]" * 200_000, "line 1 is nested too deeply"),
+        ('{"context": "a", "choices": ["b", "c"], "label": ' + "9" * 5000 + "}", "line 1 cannot be read as JSON"),
         ('{"context": "a", "choices": ["b", "c"], "label": 2}', "label 2 is out of range for its 2"),
         ('{"context": "a", "choices": ["b", "c"], "label": -1}', "without labels cannot be scored"),
         ('{"context": "a", "choices": ["b"], "label": 0}', "has 1 choice(s); give at least 2"),

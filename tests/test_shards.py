@@ -404,6 +404,10 @@ def test_bad_sources_are_refused_in_one_line(tmp_path):
     (tmp_path / "bad.jsonl").write_text("\n".join(lines) + "\n")
     # in a later unit than the first: the line number counts the lines before the unit
     cases.append((tmp_path / "bad.jsonl", {"chunk_bytes": 100}, r"bad\.jsonl, line 51: not JSON"))
+    (tmp_path / "deep.jsonl").write_text(json.dumps({"text": "ok"}) + "\n" + "[" * 200_000 + "\n")
+    cases.append((tmp_path / "deep.jsonl", {}, r"deep\.jsonl, line 2: nested too deeply"))
+    (tmp_path / "huge.jsonl").write_text('{"text": "a", "n": ' + "9" * 5000 + "}\n")
+    cases.append((tmp_path / "huge.jsonl", {}, r"huge\.jsonl, line 1: not readable as JSON"))
     write_jsonl(tmp_path / "field.jsonl", ["a", "b"], field="content")
     cases.append((tmp_path / "field.jsonl", {}, r"line 1: no field 'text' \(it has: id, content\)"))
     for source, kw, message in cases:

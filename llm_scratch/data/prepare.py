@@ -524,6 +524,14 @@ def _unit_texts(unit: Unit, stats: dict[str, Any]) -> Iterator[str]:
                 raise RecordError(
                     unit.label, unit.kind, unit.start, i, f"not JSON ({e.msg})"
                 ) from None
+            except RecursionError:
+                raise RecordError(
+                    unit.label, unit.kind, unit.start, i, "nested too deeply to read as JSON"
+                ) from None
+            except ValueError as e:  # e.g. an integer of more digits than Python converts
+                raise RecordError(
+                    unit.label, unit.kind, unit.start, i, f"not readable as JSON ({e})"
+                ) from None
             if not isinstance(record, dict) or field not in record:
                 fields = (
                     ", ".join(record) if isinstance(record, dict) else f"a {type(record).__name__}"

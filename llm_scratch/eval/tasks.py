@@ -15,13 +15,13 @@ file and the line.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from llm_scratch.errors import UserError
+from llm_scratch.utils.io import parse_user_json
 
 # the harness's default target_delimiter: what separates a context from each choice
 TARGET_DELIMITER = " "
@@ -135,10 +135,7 @@ def read_task(path: str | Path, limit: int | None = None) -> Task:
         if not line.strip():
             continue
         where = f"{path}, line {n}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise UserError(f"{where} is not JSON ({error.msg}, column {error.colno}).") from None
+        record = parse_user_json(line, where, line=True)
         examples.append(parse_example(record, where, n))
         if limit is not None and len(examples) == limit:
             break
