@@ -43,8 +43,7 @@ def shell_quote(arg: str) -> str:
         return shlex.quote(arg)
     escaped = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
     body = "".join(
-        escaped.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 32 or ord(c) == 127 else c)
-        for c in arg
+        escaped.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 32 or ord(c) == 127 else c) for c in arg
     )
     return f"$'{body}'"
 
