@@ -117,6 +117,7 @@ def test_probes_option_times_the_config_without_and_with_the_probes(tmp_path, ca
     assert off["overrides"] == TINY
     assert on["overrides"] == [*TINY, "+probes@callbacks.training_probes=training"]
     assert off["pair_ratios"] == [1.0, 1.0] and len(on["pair_ratios"]) == 2
+    assert off["cpu_pair_ratios"] == [1.0, 1.0] and positive(on["cpu_pair_ratio_median"])
     assert on["pair_ratio_median"] == pytest.approx(sum(on["pair_ratios"]) / 2)
     assert all(r > 0 for r in on["pair_ratios"])
     capsys.readouterr()

@@ -44,14 +44,17 @@ def compose(overrides: list[str], output_dir: str | Path) -> DictConfig:
 
 
 class StepTimer(L.Callback):
-    """Wall clock at the end of every training batch (after a device sync)."""
+    """Wall clock and this process's CPU time at the end of every training batch (after a
+    device sync)."""
 
     def __init__(self) -> None:
         self.ends: list[float] = []
+        self.cpu_ends: list[float] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         sync(trainer.strategy.root_device)
         self.ends.append(time.perf_counter())
+        self.cpu_ends.append(time.process_time())
 
 
 def steady_tokens_per_sec(ends: list[float], warmup: int, tokens_per_step: int) -> float:
@@ -118,6 +121,9 @@ def lightning_run(
     tokens_per_step *= cfg.trainer.get("accumulate_grad_batches", 1)
     return {
         "tokens_per_sec": steady_tokens_per_sec(timer.ends, warmup, tokens_per_step),
+        # per second of the process's CPU time: on a CPU shared with other work, steadier than
+        # the wall clock (what the process computed, not what it waited for)
+        "cpu_tokens_per_sec": steady_tokens_per_sec(timer.cpu_ends, warmup, tokens_per_step),
         "step_times": [
             timer.ends[i] - timer.ends[i - 1] for i in range(max(warmup, 1), len(timer.ends))
         ],
@@ -189,6 +195,13 @@ def run(
         ratios = [x["tokens_per_sec"] / f for x, f in zip(runs[variant], first, strict=True)]
         row["pair_ratios"] = ratios
         row["pair_ratio_median"] = median(ratios)
+        cpu = [
+            x["cpu_tokens_per_sec"] / f["cpu_tokens_per_sec"]
+            for x, f in zip(runs[variant], runs[variants[0]], strict=True)
+        ]
+        row["cpu_tokens_per_sec"] = median([x["cpu_tokens_per_sec"] for x in runs[variant]])
+        row["cpu_pair_ratios"] = cpu
+        row["cpu_pair_ratio_median"] = median(cpu)
     result = {
         "benchmark": "throughput",
         "machine": machine_info(rows[0]["device"]),
@@ -202,7 +215,17 @@ def run(
         print_table(
             "Training throughput through Lightning, steady state: "
             + (" ".join(overrides) or "(default config)"),
-            ["variant", "params", "precision", "tokens/s", "step ms", "MFU", "vs first", "paired"],
+            [
+                "variant",
+                "params",
+                "precision",
+                "tokens/s",
+                "step ms",
+                "MFU",
+                "vs first",
+                "paired",
+                "paired, CPU time",
+            ],
             [
                 [
                     row["variant"],
@@ -213,13 +236,14 @@ def run(
                     f"{100 * row['mfu']:.1f}%",
                     f"{row['speedup']:.2f}x",
                     f"{row['pair_ratio_median']:.3f}x",
+                    f"{row['cpu_pair_ratio_median']:.3f}x",
                 ]
                 for row in rows
             ],
             note="MFU peak: "
             + ", ".join(f"{p / 1e9:,.0f} GFLOP/s ({s})" for p, s in peaks.values())
             + f"; {repeats} interleaved runs of {steps} timed steps (paired: the median of "
-            "each repeat's ratio to the first variant's run); load "
-            + str(machine_info()["load_avg_1min"]),
+            "each repeat's ratio to the first variant's run, by the wall clock and by the "
+            "process's CPU time); load " + str(machine_info()["load_avg_1min"]),
         )
     return result
