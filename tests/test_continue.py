@@ -19,7 +19,13 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from llm_scratch.errors import UserError
 from llm_scratch.train.commands import override
-from llm_scratch.train.compose import expand_argv, with_saved_overrides
+from llm_scratch.train.compose import (
+    check_continuation,
+    config_changes,
+    expand_argv,
+    global_batch,
+    with_saved_overrides,
+)
 from llm_scratch.train.job import next_commands, train
 from tests.helpers import FAST, by_step, compose_config, run_cli
 
@@ -152,6 +158,31 @@ def test_saved_overrides_go_first_and_the_given_ones_win(first_run, corpus):
     argv = [SCRIPT, "-m", f"ckpt_path={first_run}"]
     assert expand_argv(argv) == argv
     assert with_saved_overrides(["model=gpt-nano"]) == ["model=gpt-nano"]
+
+
+def test_a_group_chosen_again_does_not_inherit_the_runs_values_of_it(tmp_path):
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")  # only looked for, not read, here
+    saved = ["trainer=fsdp", "trainer.devices=2", "trainer.strategy.activation_checkpointing=true"]
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*saved, "seed=3"]))
+    given = [f"ckpt_path={run}", "trainer=ddp", "trainer.devices=1"]
+    # the fsdp trainer's own key would not exist in trainer=ddp: not inherited with it
+    assert with_saved_overrides(given) == ["seed=3", *given]
+
+
+def test_the_same_global_batch_split_over_other_processes_is_not_a_change():
+    one = {"data": {"batch_size": 16}, "trainer": {"devices": 1}}
+    two = {"data": {"batch_size": 8}, "trainer": {"devices": 2}}
+    assert global_batch(one) == global_batch(two) == 16
+    changes = config_changes(one, two)
+    check_continuation(changes, "run", allowed=False, same_global_batch=True)  # not refused
+    halved = {"data": {"batch_size": 8}, "trainer": {"devices": 1}}
+    assert global_batch(halved) == 8
+    with pytest.raises(UserError, match=r"other data \(data.batch_size=16 there but 8 here\)"):
+        check_continuation(config_changes(one, halved), "run", allowed=False)
+    assert global_batch({"data": {"batch_size": 8}, "trainer": {"devices": "auto"}}) is None
 
 
 def shell_words(line: str) -> list[str]:

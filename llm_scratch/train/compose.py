@@ -112,10 +112,14 @@ def with_saved_overrides(overrides: list[str]) -> list[str]:
     if not isinstance(saved, list):
         return list(overrides)
     given = {_key(o): o for o in overrides}
+    # a group chosen now (trainer=ddp) replaces the run's: its values set then are not inherited
+    chosen = {key for key in given if key and "." not in key}
     inherited = []
     for override in map(str, saved):
         key = _key(override)
         if key is None or key.split(".")[0].split("/")[0] in ("hydra", *_NOT_INHERITED):
+            continue
+        if key.split(".")[0] in chosen and "." in key:
             continue
         if key in given:
             # kept only where it adds the key (+key=) that the one given now changes (key=)
@@ -222,15 +226,44 @@ def describe_changes(changes: dict[str, tuple[object, object]]) -> str:
     )
 
 
+# what makes the global batch, the batch an optimizer step is over
+_GLOBAL_BATCH = (
+    "data.batch_size",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.accumulate_grad_batches",
+)
+
+
+def global_batch(config: dict) -> int | None:
+    """The windows an optimizer step is over (``data.batch_size`` x devices x nodes x
+    accumulated batches), or None where one of them is not a plain number."""
+    leaves = _leaves(config)
+    defaults = {"trainer.num_nodes": 1, "trainer.accumulate_grad_batches": 1}
+    total = 1
+    for key in _GLOBAL_BATCH:
+        value = leaves.get(key, defaults.get(key))
+        if isinstance(value, bool) or not isinstance(value, int):
+            return None
+        total *= value
+    return total
+
+
 def check_continuation(
-    changes: dict[str, tuple[object, object]], continued: str, allowed: bool
+    changes: dict[str, tuple[object, object]],
+    continued: str,
+    allowed: bool,
+    same_global_batch: bool = False,
 ) -> None:
     """Refuse (one line naming them) the ``changes`` from the run continued that change what is
-    trained, unless ``allowed`` (continue_with_changes=true)."""
+    trained, unless ``allowed`` (continue_with_changes=true). ``same_global_batch``: the batch
+    split otherwise over processes (batch_size 16 on one, 8 on each of two), not a change."""
     from llm_scratch.errors import UserError
 
     refused: dict[str, dict] = {}
     for key, change in changes.items():
+        if same_global_batch and key in _GLOBAL_BATCH:
+            continue
         what = trained_by(key)
         if what is not None:
             refused.setdefault(what, {})[key] = change

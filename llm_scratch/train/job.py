@@ -44,6 +44,7 @@ from llm_scratch.train.commands import (
 from llm_scratch.train.compose import (
     check_continuation,
     config_changes,
+    global_batch,
     hparams_changes,
     list_changes,
     saved_run_dir,
@@ -289,12 +290,14 @@ def _continuation_changes(
     if saved_config is not None and saved_config.is_file():
         saved = OmegaConf.to_container(OmegaConf.load(saved_config), resolve=False)
         job_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-        changes = config_changes(saved, OmegaConf.to_container(job_cfg, resolve=False))
+        now = OmegaConf.to_container(job_cfg, resolve=False)
+        changes = config_changes(saved, now)
+        same_batch = global_batch(saved) is not None and global_batch(saved) == global_batch(now)
         continued = str(run)
     else:
-        changes = hparams_changes(hparams, optimizer, scheduler)
+        changes, same_batch = hparams_changes(hparams, optimizer, scheduler), False
         continued = ckpt_path
-    check_continuation(changes, continued, bool(cfg.get("continue_with_changes")))
+    check_continuation(changes, continued, bool(cfg.get("continue_with_changes")), same_batch)
     step, max_steps = int(hparams_step(ckpt_path)), cfg.trainer.get("max_steps") or -1
     if cfg.get("train", True) and 0 < max_steps <= step:
         raise UserError(
