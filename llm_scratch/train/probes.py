@@ -40,6 +40,15 @@ def _full(t: Tensor) -> Tensor:
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
+def _norm(tensors: list[Tensor], device: torch.device | None = None) -> Tensor:
+    """The L2 norm of all of ``tensors`` together (float32; 0 on ``device`` for none), as a
+    tensor: no device sync."""
+    if not tensors:
+        return torch.zeros((), device=device)
+    full = [_full(t).float() for t in tensors]
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(full)))
+
+
 def attention_entropy(attn: nn.Module, x: Tensor) -> Tensor:
     """Mean entropy (nats) of the causal attention weights ``attn`` computes for input ``x``
     (B, T, C), over the batch, heads and query positions; the same for the fused and the loop
@@ -75,15 +84,15 @@ class TrainingProbes(L.Callback):
         self.every_n_steps = every_n_steps
         self._hooks: list[Any] = []
         self._active = False
-        self._sums: dict[str, list[float]] = {}
-        self._counts: dict[str, list[int]] = {}
+        # the probe step's values as tensors, read with one .item() (one device sync) at its end
+        self._acts: dict[str, list[list[Tensor]]] = {}
+        self._grad_norms: Tensor | None = None
+        self._clip: tuple[float | None, bool] = (None, True)
         self._before: list[list[Tensor]] | None = None
-        self._metrics: dict[str, float] = {}
 
     # ---------------------------------------------------------------- activations (forward hooks)
-    def _add(self, name: str, layer: int, value: float) -> None:
-        self._sums[name][layer] += value
-        self._counts[name][layer] += 1
+    def _add(self, name: str, layer: int, value: Tensor) -> None:
+        self._acts[name][layer].append(value)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         blocks = _blocks(pl_module)
@@ -93,12 +102,12 @@ class TrainingProbes(L.Callback):
             def on_attn_input(module: nn.Module, args: tuple, layer: int = layer) -> None:
                 if self._active and torch.is_grad_enabled():
                     with torch.no_grad():
-                        self._add("attn_entropy", layer, attention_entropy(module, args[0]).item())
+                        self._add("attn_entropy", layer, attention_entropy(module, args[0]))
 
             def on_block_output(module: nn.Module, args: tuple, out: Tensor, layer=layer) -> None:
                 if self._active and torch.is_grad_enabled():
                     with torch.no_grad():
-                        self._add("resid_rms", layer, out.float().pow(2).mean().sqrt().item())
+                        self._add("resid_rms", layer, out.float().pow(2).mean().sqrt())
 
             self._hooks.append(block.attn.register_forward_pre_hook(on_attn_input))
             self._hooks.append(block.register_forward_hook(on_block_output))
@@ -118,61 +127,63 @@ class TrainingProbes(L.Callback):
         if not self._active and (trainer.global_step + 1) % self.every_n_steps == 0:
             self._active = True
             self._step = trainer.global_step
-            self._sums = {name: [0.0] * self._n_layer for name in ("attn_entropy", "resid_rms")}
-            self._counts = {name: [0] * self._n_layer for name in ("attn_entropy", "resid_rms")}
+            self._acts = {
+                name: [[] for _ in range(self._n_layer)] for name in ("attn_entropy", "resid_rms")
+            }
 
     # ---------------------------------------------------------------- gradients and the update
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         """Gradients are complete here (accumulated, all-reduced) and not yet clipped."""
         if not self._active:
             return
-        total = 0.0
-        metrics: dict[str, float] = {}
         blocks = _blocks(pl_module)
         in_blocks = {id(p) for p in blocks.parameters()}
-        for layer, block in enumerate(blocks):
-            squares = sum(
-                _full(p.grad).float().pow(2).sum().item()
-                for p in block.parameters()
-                if p.grad is not None
-            )
-            metrics[f"probes/grad_norm/block{layer}"] = math.sqrt(squares)
-            total += squares
-        for p in pl_module.parameters():
-            if p.grad is not None and id(p) not in in_blocks:
-                total += _full(p.grad).float().pow(2).sum().item()
-        grad_norm = math.sqrt(total)
-        metrics["probes/grad_norm"] = grad_norm
+        rest = [p for p in pl_module.parameters() if p.grad is not None and id(p) not in in_blocks]
+        # per block, the norm of its parameters' gradient norms (one foreach kernel per block);
+        # then every parameter outside the blocks: [block0, ..., block n-1, the whole model]
+        device = next(pl_module.parameters()).device
+        norms = [
+            _norm([p.grad for p in block.parameters() if p.grad is not None], device)
+            for block in blocks
+        ]
+        outside = _norm([p.grad for p in rest], device)
+        total = torch.stack([*norms, outside]).pow(2).sum().sqrt()
+        self._grad_norms = torch.stack([*norms, total])
         clip = trainer.gradient_clip_val
-        by_norm = (trainer.gradient_clip_algorithm or "norm") == "norm"
-        metrics["probes/clipped"] = float(bool(clip) and by_norm and grad_norm > float(clip))
-        self._metrics = metrics
+        self._clip = (clip, (trainer.gradient_clip_algorithm or "norm") == "norm")
         self._before = [[_full(p).detach().float().clone() for p in b.parameters()] for b in blocks]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not self._active or trainer.global_step == self._step:
             return  # not probing, or gradients still accumulating
         self._active = False
-        metrics = self._metrics
+        n = self._n_layer
+        names: list[str] = []
+        values: list[Tensor] = []
+        if self._grad_norms is not None:
+            names += [f"probes/grad_norm/block{layer}" for layer in range(n)] + ["probes/grad_norm"]
+            values.append(self._grad_norms)
         if self._before is not None:
-            for layer, (block, before) in enumerate(
-                zip(_blocks(pl_module), self._before, strict=True)
-            ):
+            ratios = []
+            for block, before in zip(_blocks(pl_module), self._before, strict=True):
                 after = [_full(p).detach().float() for p in block.parameters()]
-                update = sum(
-                    (a - b).pow(2).sum().item() for a, b in zip(after, before, strict=True)
-                )
-                weight = sum(b.pow(2).sum().item() for b in before)
-                metrics[f"probes/update_ratio/block{layer}"] = math.sqrt(
-                    update / max(weight, 1e-30)
-                )
+                update = _norm(torch._foreach_sub(after, before))
+                ratios.append(update / _norm(before).clamp_min(1e-15))
+            names += [f"probes/update_ratio/block{layer}" for layer in range(n)]
+            values.append(torch.stack(ratios))
             self._before = None
         for name in ("attn_entropy", "resid_rms"):
-            for layer in range(self._n_layer):
-                if self._counts[name][layer]:
-                    value = self._sums[name][layer] / self._counts[name][layer]
-                    metrics[f"probes/{name}/block{layer}"] = value
-        self._metrics = {}
+            for layer, seen in enumerate(self._acts[name]):
+                if seen:  # the mean over the step's micro-batches
+                    names.append(f"probes/{name}/block{layer}")
+                    values.append(torch.stack(seen).mean().reshape(1))
+        read = torch.cat([v.double().reshape(-1) for v in values]).tolist() if values else []
+        metrics = dict(zip(names, read, strict=True))
+        if self._grad_norms is not None:
+            clip, by_norm = self._clip
+            grad_norm = metrics["probes/grad_norm"]
+            metrics["probes/clipped"] = float(bool(clip) and by_norm and grad_norm > float(clip))
+        self._grad_norms, self._acts = None, {}
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
