@@ -36,8 +36,8 @@ REFERENCE_STUDY, CPU_STUDY = "verdict_book", "verdict_cpu"
 CODE_STUDY = "code_cpu"
 CODE_ABLATIONS = ("norm", "init", "tying", "lr", "attention")
 CODE_CHANGES: dict[str, dict[str, Any]] = {
-    # six peaks with the warm-up only (18 runs), on a model half as wide (half the cost: the
-    # vocabulary's head dominates), the same tokens
+    # six peaks with the warm-up only (18 runs), on a model half as wide (the vocabulary's head,
+    # most of the cost at this size, half as wide), the same tokens
     "lr": {
         "model": {"n_embd": 64},
         "hydra": {"sweeper": {"params": {"scheduler.warmup_fraction": "0.1"}}},
