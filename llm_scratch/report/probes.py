@@ -10,12 +10,9 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:  # collect.py reads the probes with this module's read_probes
-    from llm_scratch.report.groups import Group
 
 # llm_scratch.train.probes.BLOCK_PROBES (not imported: the report loads no torch or Lightning)
 BLOCK_PROBES = ("grad_norm", "update_ratio", "resid_rms", "attn_entropy")
@@ -80,8 +77,9 @@ def _probe_order(name: str) -> tuple[int, str]:
     return (order.index(name), "") if name in order else (len(order), name)
 
 
-def group_probes(group: Group) -> dict[str, dict[str, dict[str, Any]]]:
-    """The group's probes: per probe and layer, at each step every finished seed logged, the
+def group_probes(group: Any) -> dict[str, dict[str, dict[str, Any]]]:
+    """``group`` (a groups.Group, not imported: groups.py imports collect.py, which reads the
+    probes with this module) and its probes: per probe and layer, at each step every finished seed logged, the
     mean over the seeds and the band (their minimum and maximum); {} where none logged any."""
     jobs = [job for job in group.finished if job.probes]
     result: dict[str, dict[str, dict[str, Any]]] = {}
@@ -104,7 +102,7 @@ def group_probes(group: Group) -> dict[str, dict[str, dict[str, Any]]]:
     return result
 
 
-def probes_data(groups: list[Group]) -> dict[str, Any] | None:
+def probes_data(groups: list[Any]) -> dict[str, Any] | None:
     """What report.json holds under ``probes``; None when no group has any."""
     per_group = [(group, group_probes(group)) for group in groups]
     if not any(probes for _, probes in per_group):
