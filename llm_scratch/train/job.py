@@ -171,7 +171,9 @@ def _train(
             cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()]
         )
 
-    if int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
+    # the main process alone writes into the run directory: another process (a SLURM task,
+    # which has no LOCAL_RANK) writing first would make the main one find it not empty
+    if is_main_process():
         job_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
         if cfg.get("print_config") and not os.environ.get(SWEEP_ID_ENV):
             print_config_tree(job_cfg)  # (a sweep prints it once, for all its jobs)
@@ -179,8 +181,8 @@ def _train(
             log.info("%s", _short_config(output_dir))
         written.append(output_dir / "config.yaml")
         atomic_write_text(written[-1], OmegaConf.to_yaml(job_cfg, resolve=True))
-    written.append(output_dir / "tokenizer.json")
-    tokenizer.save(written[-1])
+        written.append(output_dir / "tokenizer.json")
+        tokenizer.save(written[-1])
     mark("model")
     with configured("model"):
         module = GPTLightningModule(
