@@ -423,3 +423,14 @@ def continue_command(sweep_dir: Path) -> str:
         args.insert(0, "-m")
     where = override("hydra.sweep.dir", sweep_dir.resolve())
     return " ".join(shell_quote(a) for a in [*head, *args, where])
+
+
+def job_config(hydra_context: Any, config: Any, idx: int, overrides: list[str]) -> Any:
+    """Job ``idx``'s config, as Hydra composes a sweep job (both launchers' jobs)."""
+    from omegaconf import open_dict
+
+    job = hydra_context.config_loader.load_sweep_config(config, overrides)
+    with open_dict(job):
+        job.hydra.job.num = idx
+        job.hydra.job.id = idx
+    return job

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.llm_scratch_launcher.continuation import (
     JobState,
@@ -45,6 +45,7 @@ from hydra_plugins.llm_scratch_launcher.continuation import (
     check_same_sweep,
     claim_job_dir,
     continue_command,
+    job_config,
     job_state,
     prepare_restart,
     read_marker,
@@ -470,11 +471,7 @@ else:
                 )
 
         def _job_config(self, idx: int, overrides: list[str]) -> DictConfig:
-            config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
-            with open_dict(config):
-                config.hydra.job.num = idx
-                config.hydra.job.id = idx
-            return config
+            return job_config(self.hydra_context, self.config, idx, overrides)
 
         def _resources(
             self, configs: dict[int, DictConfig], partitions: dict[str, Partition]

@@ -47,6 +47,7 @@ from hydra_plugins.llm_scratch_launcher.continuation import (
     check_same_sweep,
     claim_job_dir,
     continue_command,
+    job_config,
     job_state,
     prepare_restart,
     sweep_lock,
@@ -233,11 +234,7 @@ class SubprocessLauncher(Launcher):
         return results
 
     def _job_config(self, idx: int, overrides: list[str]) -> DictConfig:
-        sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
-        with open_dict(sweep_config):
-            sweep_config.hydra.job.id = idx
-            sweep_config.hydra.job.num = idx
-        return sweep_config
+        return job_config(self.hydra_context, self.config, idx, overrides)
 
     def _job_return(
         self, overrides: list[str], sweep_config: DictConfig, job_dir: Path
