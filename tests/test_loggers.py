@@ -77,3 +77,24 @@ def test_a_validation_carries_one_step_number_in_every_output(tmp_path):
     step, val = re.fullmatch(r"best-step(\d+)-val([\d.]+)\.ckpt", best.name).groups()
     assert int(step) == torch.load(best, weights_only=True, map_location="cpu")["global_step"]
     assert f"{by_step(run, 'val/loss')[int(step)]:.4f}" == val
+
+
+def test_samples_every_nth_validation_and_the_last_counted_across_a_continued_run(tmp_path):
+    """every_n_validations=3: of the validations at steps 2, 4, ..., 14, samples at the 3rd and
+    6th (steps 6, 12) and at the last of each run (8, 14); the count goes on in a continuation."""
+    every = [
+        *CHAR_VERDICT,
+        "trainer.val_check_interval=2",
+        "callbacks.text_sampler.max_new_tokens=2",
+        "callbacks.text_sampler.every_n_validations=3",
+    ]
+
+    def sampled_steps(run):
+        lines = (run / "samples.jsonl").read_text().splitlines()
+        return [json.loads(line)["step"] for line in lines]
+
+    first, continued = tmp_path / "first", tmp_path / "continued"
+    train(compose_config([*every, "trainer.max_steps=8"], first))
+    assert sampled_steps(first) == [6, 8]
+    train(compose_config([f"ckpt_path={first}", "trainer.max_steps=14"], continued))
+    assert sampled_steps(continued) == [12, 14]

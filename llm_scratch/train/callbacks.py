@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 
 class TextSampler(L.Callback):
-    """Generates short samples from fixed prompts, at the end of each validation.
+    """Generates short samples from fixed prompts, at the end of every ``every_n_validations``-th
+    validation and of the last one (where training ends).
 
     On a corpus: a continuation of one prompt (``prompt=None`` takes the data module's default,
     "Every effort moves you" for The Verdict). On instruction data (a data module with
@@ -54,8 +55,11 @@ class TextSampler(L.Callback):
         temperature: Annotated[float, Check(ge=0, why="0: greedy")] = 0.0,
         top_k: Count | None = None,
         seed: Annotated[int, Check(ge=0, le=INT64_MAX)] = 1234,
+        every_n_validations: Count = 1,
     ) -> None:
         self.path = Path(output_dir) / "samples.jsonl"
+        self.every_n_validations = every_n_validations
+        self.validations = 0  # counted across a continued run (the checkpoint keeps it)
         self.prompt = prompt
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
@@ -73,8 +77,20 @@ class TextSampler(L.Callback):
         if trainer.global_step == 0 and self._instructions(trainer):
             self._write(trainer, self.answer_instructions(trainer, pl_module))
 
+    def state_dict(self) -> dict[str, int]:
+        return {"validations": self.validations}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.validations = state_dict.get("validations", 0)
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not samples_here(trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        self.validations += 1
+        # a sample costs several training steps on a CPU: not at every validation of a long run,
+        # but always at the last, which the sweep report shows
+        due = self.validations % self.every_n_validations == 0
+        if not (due or _training_ends_here(trainer)) or not samples_here(trainer, pl_module):
             return
         if self._instructions(trainer):
             self._write(trainer, self.answer_instructions(trainer, pl_module))

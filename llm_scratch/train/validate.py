@@ -364,9 +364,13 @@ class _Checker:
                 if entry is None:
                     continue  # switched off: callbacks.<name>=null
                 if not isinstance(entry, DictConfig) or "_target_" not in entry:
+                    # an experiment's settings for an entry the chosen group option lacks
+                    # (experiment=verdict_cpu callbacks=none) reach here too
                     raise UserError(
                         f"Unknown config key '{name}.{key}': nothing uses it; each entry of "
-                        f"{name} is an object with a _target_ (or null to leave it out)."
+                        f"{name} is an object with a _target_ (or null to leave it out: "
+                        f"{name}.{key}=null, also where an experiment sets some of its values "
+                        f"and {name}=<option> has no {key})."
                     )
                 self.target(f"{name}.{key}", entry, name)
             return
