@@ -490,15 +490,21 @@ class SigtermCheckpoint(Checkpoint):
             self._save(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if not trainer.sanity_checking:
-            self._validated_at = trainer.global_step
+        if trainer.sanity_checking:
+            return
+        self._validated_at = trainer.global_step
+        # The signal came in the validation's last batch or its end hooks: saved here, the state
+        # ModelCheckpoint saves at a validation's end, which Lightning resumes exactly (decided
+        # on the main process: every process saves, or none)
+        if trainer.strategy.broadcast(bool(trainer.received_sigterm), src=0):
+            self._save(trainer)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         # The signal came after this callback's on_train_batch_end: Lightning raises at the end
         # of the batch, a state it also resumes from exactly. When a validation ran at that
-        # step (the signal came during it), Lightning 2.6 would resume that state one logged
-        # step late (it skips the validation done and counts the step again): not saved, the
-        # step's validation and periodic checkpoints stay.
+        # step (the signal came during it or after its end hooks), Lightning 2.6 would resume
+        # that state one logged step late (it skips the validation done and counts the step
+        # again): not saved, the last periodic checkpoint stays.
         validated = self._validated_at == trainer.global_step
         if isinstance(exception, SIGTERMException) and not trainer.validating and not validated:
             self._save(trainer)
