@@ -50,12 +50,19 @@ class Malicious:
 
 
 class FakeSigterm(L.Callback):
-    """Acts as if SIGTERM arrived during the batch that reaches ``at_step``: Lightning stops
+    """Acts as if SIGTERM arrived during the batch that reaches ``at_step`` (or, with
+    ``where="validation_end"``, in the end hooks of the validation at that step): Lightning stops
     after it and SigtermCheckpoint saves last.ckpt."""
 
-    def __init__(self, at_step: int) -> None:
+    def __init__(self, at_step: int, where: str = "batch") -> None:
         self.at_step = at_step
+        self.where = where
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self.at_step:
+        if self.where == "batch" and trainer.global_step == self.at_step:
             trainer._signal_connector.received_sigterm = True  # what the handler sets
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        # a plain callback: its hook runs before the Checkpoint callbacks'
+        if self.where == "validation_end" and trainer.global_step == self.at_step:
+            trainer._signal_connector.received_sigterm = True

@@ -132,6 +132,29 @@ def test_killed_run_resumes_exactly(tmp_path, uninterrupted, sig):
     assert diff <= TOLERANCE, diff
 
 
+@pytest.mark.slow
+def test_sigterm_in_a_validations_end_hooks_saves_there_and_resumes_exactly(
+    tmp_path, uninterrupted
+):
+    """last.ckpt is not written at validations: a SIGTERM that comes in a validation's end hooks
+    (at the end of the first epoch, step 23) saves that state, not the periodic one of step 20."""
+    killed = tmp_path / "killed"
+    stop = [
+        "+callbacks.stop._target_=tests.reliability_helpers.FakeSigterm",
+        "+callbacks.stop.at_step=23",
+        "+callbacks.stop.where=validation_end",
+    ]
+    process = start(killed, *stop)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 143, err[-3000:]
+    assert saved_step(killed / "checkpoints" / "last.ckpt") == 23
+    resumed = tmp_path / "resumed"
+    finish(start(resumed, f"ckpt_path={killed}"))
+    after = losses(resumed)
+    assert sorted(after) == list(range(24, 47))
+    assert max(abs(after[s] - uninterrupted[s]) for s in after) <= TOLERANCE
+
+
 # gpt-nano (dropout 0.1), char-level Verdict, 8 batches per epoch, constant learning rate: only
 # the batches trained and the dropout masks decide the losses.
 SHORT = [
