@@ -922,6 +922,30 @@ def test_a_real_two_seed_sweep_is_pooled_into_one_group(tmp_path):
         assert (sweep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_best_bits_per_byte_is_the_lowest_validation_of_each_job(tmp_path):
+    """val/bpb_best: each finished job's lowest val/bpb (not its last), pooled over seeds and
+    compared like val/loss; a job that did not finish has none."""
+    sweep = tmp_path / "sweep"
+    curves = {  # (pre_norm, seed): val/bpb at steps 0, 1, 2
+        (True, 1): [3.0, 2.0, 2.2],
+        (True, 2): [3.1, 2.1, 2.4],
+        (False, 1): [3.3, 3.0, 2.9],
+        (False, 2): [3.2, 3.1, 3.0],
+    }
+    for number, ((pre, seed), bpb) in enumerate(curves.items()):
+        job = make_job(sweep, str(number), [f"model.pre_norm={pre}", f"seed={seed}"], 1.0)
+        rows = ["epoch,step,train/loss,val/loss,val/bpb"]
+        rows += [f"0,{step},,1.0,{value}" for step, value in enumerate(bpb)]
+        (job / "metrics.csv").write_text("\n".join(rows) + "\n")
+    make_job(sweep, "4", ["model.pre_norm=True", "seed=3"], 1.0, val_curve=[0.5], finished=False)
+    _, data = report(sweep)
+    best = {g["label"]: g["metrics"]["val/bpb_best"]["values"] for g in data["groups"]}
+    assert best == {"pre_norm=True": [2.0, 2.1], "pre_norm=False": [2.9, 3.0]}
+    (compared,) = [c for c in data["comparisons"] if c["metric"] == "val/bpb_best"]
+    assert compared["a"] is False and compared["b"] is True
+    assert compared["diff"] == pytest.approx(0.9)
+
+
 def test_task_accuracy_from_evaluation_during_training_is_compared_like_any_metric(tmp_path):
     """Runs that scored a task while training (callbacks=eval) carry eval/<task>/acc in
     summary.json: the report describes and compares it with the same statistics."""

@@ -35,6 +35,8 @@ SEED_KEY = "seed"
 # Not in summary.json (which has the last validation's val/loss): the lowest val/loss of the
 # job's validation curve, unless a summary.json of a later version carries it.
 BEST_VAL_LOSS = "val/loss_best"
+# and the lowest val/bpb of its validations (a corpus with its bytes counted logs val/bpb)
+BEST_VAL_BPB = "val/bpb_best"
 # Enough of job_output.log to find the last line a job printed before it failed.
 _OUTPUT_TAIL_BYTES = 64 * 1024
 # The sweep launcher's list of the sweep's jobs (hydra_plugins/llm_scratch_launcher).
@@ -105,6 +107,7 @@ class JobResult:
     overrides: list[str]
     train_curve: list[tuple[int, float]] = field(default_factory=list)
     val_curve: list[tuple[int, float]] = field(default_factory=list)
+    bpb_curve: list[tuple[int, float]] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
     sample: str | None = None
     label: str = ""
@@ -153,12 +156,14 @@ class JobResult:
 
     def value(self, metric: str) -> float | None:
         """A figure of the finished job for the report's statistics: a metric of summary.json,
-        or :data:`BEST_VAL_LOSS`; ``None`` when the job has none (or did not finish)."""
+        :data:`BEST_VAL_LOSS` or :data:`BEST_VAL_BPB`; ``None`` when the job has none (or did not
+        finish)."""
         if not self.finished:
             return None
         value = self.metric(metric)
-        if value is None and metric == BEST_VAL_LOSS and self.val_curve:
-            value = min(loss for _, loss in self.val_curve)
+        curve = {BEST_VAL_LOSS: self.val_curve, BEST_VAL_BPB: self.bpb_curve}.get(metric)
+        if value is None and curve:
+            value = min(point for _, point in curve)
         return float(value) if is_number(value) else None
 
     def default_of(self, key: str) -> str | None:
@@ -347,27 +352,32 @@ def _read_summary(job_dir: Path, reader: _Reader, notes: list[Unreadable]) -> tu
     return True, _check_summary(raw, path, reader, notes)
 
 
+Curve = list[tuple[int, float]]
+
+
 def _read_curves(
     metrics_csv: Path, reader: _Reader, notes: list[Unreadable], required: bool
-) -> tuple[list[tuple[int, float]], list[tuple[int, float]], Series]:
-    """The train and val loss curves of metrics.csv, and its probes (quietly {} where it
-    has none, or none the report can read)."""
-    train: list[tuple[int, float]] = []
-    val: list[tuple[int, float]] = []
+) -> tuple[Curve, Curve, Curve, Series]:
+    """The train loss, val loss and val bpb curves of metrics.csv, and its probes (quietly
+    empty where it has none, or none the report can read)."""
+    train: Curve = []
+    val: Curve = []
+    bpb: Curve = []
     text = reader.text(metrics_csv, "no curves for this job", notes, required=required)
     if text is None:
-        return train, val, {}
+        return train, val, bpb, {}
     damaged = 0
     try:
         rows = list(csv.DictReader(io.StringIO(text, newline="")))
     except csv.Error as error:
         reader.note(notes, metrics_csv, f"not CSV ({error})", "no curves for this job")
-        return train, val, {}
+        return train, val, bpb, {}
     for row in rows:
         try:
             step = int(row["step"])
             t = float(row["train/loss"]) if row.get("train/loss") else None
             v = float(row["val/loss"]) if row.get("val/loss") else None
+            b = float(row["val/bpb"]) if row.get("val/bpb") else None
         except (KeyError, TypeError, ValueError):  # a killed job can leave a partial row
             damaged += 1
             continue
@@ -375,10 +385,12 @@ def _read_curves(
             train.append((step, t))
         if v is not None:
             val.append((step, v))
+        if b is not None:
+            bpb.append((step, b))
     if damaged:
         _warn_damaged(metrics_csv, damaged, "row")
         reader.note(notes, metrics_csv, f"{damaged} damaged row(s)", "those rows are skipped")
-    return train, val, read_probes(rows)
+    return train, val, bpb, read_probes(rows)
 
 
 def _read_last_sample(samples: Path, reader: _Reader, notes: list[Unreadable]) -> str | None:
@@ -491,7 +503,9 @@ def _read_job(job_dir: Path, reader: _Reader) -> JobResult:
         )
     overrides = _read_overrides(job_dir, reader, notes)
     finished, summary = _read_summary(job_dir, reader, notes)
-    train, val, probes = _read_curves(job_dir / "metrics.csv", reader, notes, required=finished)
+    train, val, bpb, probes = _read_curves(
+        job_dir / "metrics.csv", reader, notes, required=finished
+    )
     config = _read_dict(
         job_dir / ".hydra" / "config.yaml", reader, notes, "its seed and defaults are unknown"
     )
@@ -505,11 +519,12 @@ def _read_job(job_dir: Path, reader: _Reader) -> JobResult:
         choices = found if isinstance(found, dict) else None
     earlier = _earlier_runs(job_dir, summary, reader, notes)
     for run_dir, step in reversed(earlier):  # the whole run's curve: its predecessors' first
-        before_train, before_val, before_probes = _read_curves(
+        before_train, before_val, before_bpb, before_probes = _read_curves(
             run_dir / "metrics.csv", reader, notes, True
         )
         train = [point for point in before_train if point[0] <= step] + train
         val = [point for point in before_val if point[0] <= step] + val
+        bpb = [point for point in before_bpb if point[0] <= step] + bpb
         probes = merge(before_probes, step, probes)
     return JobResult(
         path=job_dir,
@@ -517,6 +532,7 @@ def _read_job(job_dir: Path, reader: _Reader) -> JobResult:
         overrides_known=overrides is not None,
         train_curve=train,
         val_curve=val,
+        bpb_curve=bpb,
         continued_from=earlier,
         probes=probes,
         summary=summary,

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from llm_scratch.report.collect import BEST_VAL_LOSS, JobResult, parse_value
+from llm_scratch.report.collect import BEST_VAL_BPB, BEST_VAL_LOSS, JobResult, parse_value
 from llm_scratch.report.stats import Description, Difference, describe, paired, welch
 
 # The figures every group and comparison reports, named as in summary.json's "metrics".
@@ -34,6 +34,7 @@ METRICS: dict[str, str] = {
     "val/loss": "final validation loss (the last validation)",
     "val/bpb": "bits per byte at the last validation (the same scale for any tokenizer)",
     BEST_VAL_LOSS: "best validation loss (the lowest validation of the run)",
+    BEST_VAL_BPB: "best bits per byte (the lowest validation of the run)",
     "train/epoch_loss": "train loss of the last epoch (its token-weighted mean)",
 }
 # the level of a key a job did not set when its .hydra/ does not say what it ran with
