@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 class TextSampler(L.Callback):
     """Generates short samples from fixed prompts, at the end of every ``every_n_validations``-th
-    validation and of the last one (where training ends).
+    validation, and of the run's last when it comes at the last step.
 
     On a corpus: a continuation of one prompt (``prompt=None`` takes the data module's default,
     "Every effort moves you" for The Verdict). On instruction data (a data module with
@@ -60,6 +60,7 @@ class TextSampler(L.Callback):
         self.path = Path(output_dir) / "samples.jsonl"
         self.every_n_validations = every_n_validations
         self.validations = 0  # counted across a continued run (the checkpoint keeps it)
+        self._unsampled: tuple[int, int] | None = None  # (epoch, step) of a validation not sampled
         self.prompt = prompt
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
@@ -87,13 +88,25 @@ class TextSampler(L.Callback):
         if trainer.sanity_checking:
             return
         self.validations += 1
-        # a sample costs several training steps on a CPU: not at every validation of a long run,
-        # but always at the last, which the sweep report shows
-        due = self.validations % self.every_n_validations == 0
-        if not (due or _training_ends_here(trainer)) or not samples_here(trainer, pl_module):
+        self._unsampled = (trainer.current_epoch, trainer.global_step)
+        # a sample costs several training steps on a CPU: every n-th validation, and the run's
+        # last (in on_train_end), which the sweep report shows
+        if self.validations % self.every_n_validations == 0:
+            self._sample(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # the last validation, when it came at the last step and was not due
+        if self._unsampled is not None and self._unsampled[1] == trainer.global_step:
+            self._sample(trainer, pl_module)
+
+    def _sample(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The samples of the validation in ``_unsampled`` (the model has not trained since)."""
+        epoch, step = self._unsampled
+        self._unsampled = None
+        if not samples_here(trainer, pl_module):
             return
         if self._instructions(trainer):
-            self._write(trainer, self.answer_instructions(trainer, pl_module))
+            self._write(trainer, self.answer_instructions(trainer, pl_module, epoch))
             return
         datamodule = trainer.datamodule
         tokenizer = datamodule.tokenizer
@@ -101,16 +114,16 @@ class TextSampler(L.Callback):
         text = self.sample(pl_module, tokenizer, prompt)
         if not trainer.is_global_zero:
             return
-        record = {"epoch": trainer.current_epoch, "step": trainer.global_step, "text": text}
+        record = {"epoch": epoch, "step": step, "text": text}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
-        log.info("sample at step %d: %r", trainer.global_step, text)
+        log.info("sample at step %d: %r", step, text)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.log_text("samples", columns=["step", "text"], data=[[record["step"], text]])
+                logger.log_text("samples", columns=["step", "text"], data=[[step, text]])
             elif isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_text("samples", text, global_step=trainer.global_step)
+                logger.experiment.add_text("samples", text, global_step=step)
 
     def sample(self, pl_module: L.LightningModule, tokenizer, prompt: str) -> str:
         texts = sample_texts(
@@ -124,9 +137,12 @@ class TextSampler(L.Callback):
         )
         return texts[0]
 
-    def answer_instructions(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[dict]:
+    def answer_instructions(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int | None = None
+    ) -> list[dict]:
         """One record per fixed validation example: its instruction, input, the model's
-        response now and the expected output."""
+        response now and the expected output (``epoch``: the validation's, default the
+        current one)."""
         datamodule = trainer.datamodule
         examples = datamodule.sample_examples
         template = datamodule.prompt_template
@@ -143,7 +159,7 @@ class TextSampler(L.Callback):
         )
         return [
             {
-                "epoch": trainer.current_epoch,
+                "epoch": trainer.current_epoch if epoch is None else epoch,
                 "step": trainer.global_step,
                 "instruction": e.instruction
                 if e.instruction is not None
