@@ -32,6 +32,11 @@ _COLUMN = re.compile(r"probes/(?P<name>[a-z_]+)(?:/block(?P<layer>\d+))?")
 Series = dict[str, dict[str, dict[int, float]]]  # probe -> layer key -> step -> value
 
 
+def seeds_label(n: int) -> str:
+    """What a plotted group curve is: one seed's, or the mean of ``n`` seeds'."""
+    return "1 seed" if n == 1 else f"mean of {n} seeds"
+
+
 def read_probes(rows: list[dict[str, str]]) -> Series:
     """The probe values of metrics.csv's rows: {probe: {"block<i>" or "model": {step: value}}};
     a cell that is not a finite number, or a column that is not a probe's, is skipped."""
@@ -162,7 +167,7 @@ def plot_heatmaps(name: str, data: dict[str, Any], path: Path, save) -> bool:
         ticks = np.linspace(0, len(steps) - 1, min(len(steps), 6)).round().astype(int)
         ax.set_xticks(ticks, [str(steps[i]) for i in ticks], fontsize=7)
         ax.set_ylabel("block", fontsize=8)
-        ax.set_title(f"{label} (mean of {probe[layers[0]]['n']} seeds)", fontsize=8)
+        ax.set_title(f"{label} ({seeds_label(probe[layers[0]]['n'])})", fontsize=8)
         # a bar beside each panel (the same scale): one spanning them all overlaps them
         fig.colorbar(image, ax=ax, pad=0.02).ax.tick_params(labelsize=7)
     axes[-1, 0].set_xlabel("optimizer step")

@@ -37,7 +37,7 @@ from llm_scratch.report.groups import (  # noqa: E402
     metrics_present,
     report_data,
 )
-from llm_scratch.report.probes import probes_data, probes_section  # noqa: E402
+from llm_scratch.report.probes import probes_data, probes_section, seeds_label  # noqa: E402
 from llm_scratch.utils.io import atomic_write_bytes, atomic_write_text  # noqa: E402
 
 
@@ -88,7 +88,7 @@ def _plot_group(ax, group: Group, curve: str, smooth: bool) -> str | None:
         return None
     per_step = [[c[step] for c in by_step] for step in steps]
     mean = [sum(values) / len(values) for values in per_step]
-    label = f"{group.label} (mean of {len(curves)} seeds)"
+    label = f"{group.label} ({seeds_label(len(curves))})"
     lows, highs = [min(v) for v in per_step], [max(v) for v in per_step]
     if len(steps) < 2:  # one point: a band of one step draws nothing
         below = [m - lo for m, lo in zip(mean, lows, strict=True)]
