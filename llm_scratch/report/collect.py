@@ -45,6 +45,8 @@ SWEEP_MANIFEST = "sweep.json"
 _MAX_DEPTH = 3
 # How a path outside the report's directory is written (no absolute path of the machine).
 BASE_NAME = "<sweep dir>"
+# a metric's (step, value) points
+Curve = list[tuple[int, float]]
 
 # summary.json's fields the report reads, and the kinds of value each may hold (None: absent)
 _SUMMARY_NUMBERS = (
@@ -105,9 +107,9 @@ class JobResult:
 
     path: Path
     overrides: list[str]
-    train_curve: list[tuple[int, float]] = field(default_factory=list)
-    val_curve: list[tuple[int, float]] = field(default_factory=list)
-    bpb_curve: list[tuple[int, float]] = field(default_factory=list)
+    train_curve: Curve = field(default_factory=list)
+    val_curve: Curve = field(default_factory=list)
+    bpb_curve: Curve = field(default_factory=list)
     summary: dict = field(default_factory=dict)
     sample: str | None = None
     label: str = ""
@@ -350,9 +352,6 @@ def _read_summary(job_dir: Path, reader: _Reader, notes: list[Unreadable]) -> tu
         reader.note(notes, path, f"not a JSON object but {_describe_value(raw)}", effect)
         return False, {}
     return True, _check_summary(raw, path, reader, notes)
-
-
-Curve = list[tuple[int, float]]
 
 
 def _read_curves(
