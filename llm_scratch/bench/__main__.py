@@ -121,6 +121,13 @@ def parser() -> argparse.ArgumentParser:
         metavar="PRESET",
         help="also time saving this model's checkpoint against writing its bytes (e.g. gpt2)",
     )
+    s.add_argument(
+        "--before",
+        metavar="DIR",
+        help="a checkout of earlier code (git worktree add): run each sweep there too, and time "
+        "start-up in both",
+    )
+    s.add_argument("--startup-rounds", type=int, default=3, help="alternated start-up rounds")
 
     s = add("all", "every benchmark with its defaults (several minutes on a CPU)")
     s.add_argument("overrides", nargs="*", help="Hydra overrides for throughput and overhead")
@@ -199,6 +206,8 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
             args.overrides,
             args.workdir,
             save_model=args.save_model,
+            before=args.before,
+            startup_rounds=args.startup_rounds,
         )
     raise ValueError(name)
 

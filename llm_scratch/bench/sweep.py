@@ -16,6 +16,12 @@ splits each job's wall time, from its process start to its exit, into phases:
 
 ``launcher`` is the sweep's time outside its jobs: before the first, between two, after the
 last. Each phase is measured between two timestamps, so they add up to the wall time.
+
+With ``--before DIR`` (a checkout of earlier code), every sweep also runs there, alternated with
+today's, and both are summed up the same way, from files any version writes: the sweep's wall
+time, the training share (each job's tokens over its median logged tokens/s, over the wall
+time) and the checkpoint bytes a job keeps. Start-up is timed in both too: ``import torch``,
+``--help`` and a 2-step gpt-nano run, in alternated rounds.
 """
 
 from __future__ import annotations
@@ -96,26 +102,70 @@ def job_phases(times: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _launch(command: list[str], repo: Path, what: str) -> tuple[float, float]:
+    """Run ``command`` in the checkout ``repo`` (its package first on the path); (start, end)."""
+    env = dict(os.environ, PYTHONPATH=str(repo))
+    launched = time.time()
+    done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
+    finished = time.time()
+    if done.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{done.stderr[-3000:]}")
+    return launched, finished
+
+
+def _sweep_command(name: str, overrides: list[str], jobs: int, sweep_dir: Path) -> list[str]:
+    seeds = ",".join(str(s) for s in range(1, jobs + 1))
+    return [
+        sys.executable,
+        "training/run_experiment.py",
+        "-m",
+        *overrides,
+        f"seed={seeds}",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+
+
+def training_seconds(job_dir: Path) -> float | None:
+    """A job's training time as the goal was set: the tokens it trained on over its median
+    logged tokens/s (from its metrics.csv, any version's); None if it logged neither."""
+    import csv
+
+    rates, tokens = [], 0.0
+    for path in job_dir.rglob("metrics.csv"):
+        with path.open() as f:
+            for row in csv.DictReader(f):
+                if row.get("train/tokens_per_sec"):
+                    rates.append(float(row["train/tokens_per_sec"]))
+                if row.get("train/tokens_seen"):
+                    tokens = max(tokens, float(row["train/tokens_seen"]))
+    if not rates or not tokens:
+        return None
+    rates.sort()
+    return tokens / rates[len(rates) // 2]
+
+
+def coarse(sweep_dir: Path, wall: float) -> dict[str, Any]:
+    """The figures any version's sweep gives: wall time, training share, checkpoint bytes kept."""
+    jobs = sorted(p.parent for p in sweep_dir.glob("*/.hydra"))
+    each = [training_seconds(j) for j in jobs]
+    training = None if None in each else sum(each)
+    kept = [sum(p.stat().st_size for p in j.rglob("*.ckpt")) for j in jobs]
+    return {
+        "wall": wall,
+        "jobs": len(jobs),
+        "training_s": training,
+        "training_share": None if training is None else training / wall,
+        "kept_bytes_max": max(kept),
+    }
+
+
 def run_sweep(
     name: str, overrides: list[str], jobs: int, workdir: Path, show: bool = True
 ) -> dict[str, Any]:
     """Run one sweep of ``jobs`` jobs (seeds 1..jobs) and return its jobs' phases."""
     sweep_dir = workdir / name
-    command = [
-        sys.executable,
-        "training/run_experiment.py",
-        "-m",
-        *overrides,
-        f"seed={','.join(str(s) for s in range(1, jobs + 1))}",
-        f"hydra.sweep.dir={sweep_dir}",
-        *TIMING,
-    ]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    launched = time.time()
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
-    finished = time.time()
-    if done.returncode != 0:
-        raise RuntimeError(f"the sweep {name} failed:\n{done.stderr[-3000:]}")
+    command = [*_sweep_command(name, overrides, jobs, sweep_dir), *TIMING]
+    launched, finished = _launch(command, REPO, f"the sweep {name}")
     found = sorted(sweep_dir.glob("*/phase_times.json"), key=lambda p: p.stat().st_mtime)
     if len(found) != jobs:
         raise RuntimeError(f"the sweep {name} left {len(found)} phase_times.json, not {jobs}")
@@ -139,6 +189,7 @@ def run_sweep(
         "launcher": sum(gaps),
         "launcher_after": gaps[-1],
         "jobs": results,
+        "coarse": coarse(sweep_dir, finished - launched),
     }
     if show:
         _print(sweep)
@@ -168,6 +219,77 @@ def _print(sweep: dict[str, Any]) -> None:
         rows,
         note=f"python {sweep['command']}",
     )
+
+
+def before_sweep(name: str, overrides: list[str], jobs: int, before: Path, workdir: Path):
+    """The same sweep run in the checkout ``before`` (no phase times: it may not have them)."""
+    sweep_dir = workdir / f"{name}_before"
+    command = _sweep_command(name, overrides, jobs, sweep_dir)
+    launched, finished = _launch(command, before, f"the sweep {name} in {before}")
+    return coarse(sweep_dir, finished - launched)
+
+
+STARTUP = {
+    "import torch": ["-c", "import torch"],
+    "--help": ["training/run_experiment.py", "--help"],
+    "2-step gpt-nano run": [
+        "training/run_experiment.py",
+        *NANO,
+        "trainer.max_steps=2",
+    ],
+}
+
+
+def startup(checkouts: dict[str, Path], rounds: int, workdir: Path) -> dict[str, Any]:
+    """Seconds of each start-up command in each checkout, alternated round by round; the
+    median of the rounds, and its ratio to ``import torch`` in the same checkout."""
+    times: dict[str, dict[str, list[float]]] = {c: {k: [] for k in STARTUP} for c in checkouts}
+    for r in range(rounds):
+        for label, repo in checkouts.items():
+            for what, args in STARTUP.items():
+                extra = [f"hydra.run.dir={workdir}/startup_{label}_{r}"] if "run" in what else []
+                start, end = _launch([sys.executable, *args, *extra], repo, what)
+                times[label][what].append(end - start)
+    result = {}
+    for label, by_command in times.items():
+        medians = {what: sorted(t)[len(t) // 2] for what, t in by_command.items()}
+        result[label] = {
+            what: {
+                "seconds": t,
+                "median": medians[what],
+                "x_torch": t_med / medians["import torch"],
+            }
+            for (what, t), t_med in zip(by_command.items(), medians.values(), strict=True)
+        }
+    return result
+
+
+def _print_comparison(sweeps: list[tuple[str, dict, dict]], starts: dict[str, Any]) -> None:
+    rows = []
+    for what in STARTUP:
+        before, after = starts["before"][what], starts["after"][what]
+        rows.append(
+            [
+                f"start-up: {what}",
+                f"{before['median']:.2f} s ({before['x_torch']:.1f}x torch)",
+                f"{after['median']:.2f} s ({after['x_torch']:.1f}x torch)",
+            ]
+        )
+    for name, before, after in sweeps:
+        for label, key, fmt in (
+            ("wall", "wall", "{:.0f} s"),
+            ("training share", "training_share", "{:.0%}"),
+            ("kept per job", "kept_bytes_max", "{:.0f} MB"),
+        ):
+            scale = 1e-6 if key == "kept_bytes_max" else 1
+            values = [before[key], after[key]]
+            rows.append(
+                [
+                    f"{name} ({after['jobs']} jobs): {label}",
+                    *("n/a" if v is None else fmt.format(v * scale) for v in values),
+                ]
+            )
+    print_table("before and after", ["", "before", "after"], rows)
 
 
 def checkpoint_save(model: str, workdir: Path, show: bool = True) -> dict[str, Any]:
@@ -227,10 +349,13 @@ def run(
     workdir: str | None = None,
     show: bool = True,
     save_model: str | None = None,
+    before: str | None = None,
+    startup_rounds: int = 3,
 ) -> dict[str, Any]:
     """The sweeps asked for: ``jobs`` gpt-nano jobs of ``steps`` steps (0: none),
     ``verdict_cpu`` jobs of ``experiment=verdict_cpu``, one 124M ``verdict_book`` job; with
-    ``save_model``, the time to save that model's checkpoint against writing its bytes."""
+    ``save_model``, the time to save that model's checkpoint against writing its bytes; with
+    ``before`` (a checkout), each sweep and the start-up there too, alternated with today's."""
     plan = []
     if jobs:
         plan.append((f"gpt-nano_{steps}steps", [*NANO, f"trainer.max_steps={steps}"], jobs))
@@ -241,12 +366,25 @@ def run(
     if not plan and not save_model:
         raise ValueError("nothing to run: give --jobs, --verdict-cpu, --book or --save-model")
     plan = [(name, [*o, *(overrides or [])], n) for name, o, n in plan]
+    old = Path(before).resolve() if before else None
+    if old and not (old / "training" / "run_experiment.py").is_file():
+        raise ValueError(f"--before {before}: not a checkout of this package")
+    sweeps, befores, starts = [], [], None
     with tempfile.TemporaryDirectory(prefix="llm_scratch_bench_sweep_", dir=workdir) as tmp:
-        sweeps = [run_sweep(name, o, n, Path(tmp), show) for name, o, n in plan]
+        for name, o, n in plan:
+            if old:  # the earlier code first, then today's, sweep by sweep
+                befores.append(before_sweep(name, o, n, old, Path(tmp)))
+            sweeps.append(run_sweep(name, o, n, Path(tmp), show))
         saving = checkpoint_save(save_model, Path(tmp), show) if save_model else None
+        if old:
+            starts = startup({"before": old, "after": REPO}, startup_rounds, Path(tmp))
+    if old and show:
+        rows = [(s["name"], b, s["coarse"]) for s, b in zip(sweeps, befores, strict=True)]
+        _print_comparison(rows, starts)
     return {
         "machine": machine_info("cpu"),
         "load_avg_1min_after": load_average(),
         "sweeps": sweeps,
         "checkpoint_save": saving,
+        "before": {"checkout": str(old), "sweeps": befores, "startup": starts} if old else None,
     }
