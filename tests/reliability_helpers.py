@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import lightning as L
@@ -66,3 +67,22 @@ class FakeSigterm(L.Callback):
         # a plain callback: its hook runs before the Checkpoint callbacks'
         if self.where == "validation_end" and trainer.global_step == self.at_step:
             trainer._signal_connector.received_sigterm = True
+
+
+class KillAt(L.Callback):
+    """SIGKILLs its own process, as a lost node or the kernel's OOM killer would: during the
+    validation at ``at_step`` (``where="validation"``), or where training ends
+    (``where="train_end"``, after the last step's checkpoint and validation)."""
+
+    def __init__(self, at_step: int = -1, where: str = "validation") -> None:
+        self.at_step = at_step
+        self.where = where
+
+    def on_validation_batch_end(self, trainer, *args, **kwargs) -> None:
+        here = trainer.global_step == self.at_step and not trainer.sanity_checking
+        if self.where == "validation" and here:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.where == "train_end":
+            os.kill(os.getpid(), signal.SIGKILL)

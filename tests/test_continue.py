@@ -172,6 +172,21 @@ def test_a_group_chosen_again_does_not_inherit_the_runs_values_of_it(tmp_path):
     assert with_saved_overrides(given) == ["seed=3", *given]
 
 
+def test_a_callback_the_run_added_can_be_removed_when_continuing(tmp_path):
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")  # only looked for, not read, here
+    added = [
+        "+callbacks.kill._target_=tests.reliability_helpers.KillAt",
+        "+callbacks.kill.at_step=3",
+    ]
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(added))
+    # the deletion (no "=") comes after the additions it undoes, not before them
+    argv = [SCRIPT, f"ckpt_path={run}", "~callbacks.kill"]
+    assert expand_argv(argv) == [SCRIPT, *added, *argv[1:]]
+
+
 def test_the_same_global_batch_split_over_other_processes_is_not_a_change():
     one = {"data": {"batch_size": 16}, "trainer": {"devices": 1}}
     two = {"data": {"batch_size": 8}, "trainer": {"devices": 2}}

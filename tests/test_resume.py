@@ -6,6 +6,7 @@ without its GPT-2 checkpoint; a run that would never validate says so.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -153,6 +154,68 @@ def test_sigterm_in_a_validations_end_hooks_saves_there_and_resumes_exactly(
     after = losses(resumed)
     assert sorted(after) == list(range(24, 47))
     assert max(abs(after[s] - uninterrupted[s]) for s in after) <= TOLERANCE
+
+
+# validation every 10 batches: at steps 10 and 20, where last.ckpt is due too (every 5 steps)
+EVERY_10 = ["trainer.val_check_interval=10"]
+KILL = "+callbacks.kill._target_=tests.reliability_helpers.KillAt"
+
+
+@pytest.mark.slow
+def test_a_run_killed_during_a_validation_repeats_it(tmp_path):
+    """last.ckpt of a step with a validation is saved after it. Killed (SIGKILL) during the
+    validation of step 20, the run continues from step 15 and logs that validation again; saved
+    before it, as ModelCheckpoint does, Lightning skipped it when continuing."""
+    whole = tmp_path / "uninterrupted"
+    finish(start(whole, *EVERY_10))
+    killed = tmp_path / "killed"
+    process = start(killed, *EVERY_10, KILL, "+callbacks.kill.at_step=20")
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == -signal.SIGKILL, err[-3000:]
+    assert saved_step(killed / "checkpoints" / "last.ckpt") == 15
+    resumed = tmp_path / "resumed"
+    finish(start(resumed, *EVERY_10, f"ckpt_path={killed}", "~callbacks.kill"))
+    val, val_whole = by_step(resumed, "val/loss"), by_step(whole, "val/loss")
+    assert 20 in val and set(val) == {s for s in val_whole if s > 15}
+    assert max(abs(val[s] - val_whole[s]) for s in val) <= TOLERANCE
+    after, before = losses(resumed), losses(whole)
+    assert sorted(after) == list(range(16, 47))
+    assert max(abs(after[s] - before[s]) for s in after) <= TOLERANCE
+
+
+@pytest.mark.slow
+def test_a_run_killed_after_its_last_step_is_finished_by_continuing_it(tmp_path):
+    """Killed after its last step's checkpoint but before its summary, a run continued with its
+    own length finishes: its summary, and the last validation where the record lacks it."""
+    length = ["trainer.max_steps=20", *EVERY_10]
+    killed = tmp_path / "killed"
+    process = start(killed, *length, KILL, "+callbacks.kill.where=train_end")
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == -signal.SIGKILL, err[-3000:]
+    assert saved_step(killed / "checkpoints" / "last.ckpt") == 20
+    assert not (killed / "summary.json").exists()
+    final = by_step(killed, "val/loss")[20]
+
+    finished = tmp_path / "finished"
+    finish(start(finished, f"ckpt_path={killed}", "~callbacks.kill"))  # its own length: 20 steps
+    summary = json.loads((finished / "summary.json").read_text())
+    assert summary["global_step"] == 20
+    assert summary["metrics"]["val/loss"] == pytest.approx(final, abs=1e-7)
+    assert summary["metrics"]["train/loss"] == pytest.approx(losses(killed)[20], abs=1e-7)
+    # logged before the kill: not repeated (nothing logged, so no metrics.csv at all)
+    assert not (finished / "metrics.csv").exists()
+
+    # the record without that validation (a logger's rows lost with the process): validated
+    path = killed / "metrics.csv"
+    rows = path.read_text().splitlines(keepends=True)
+    column = rows[0].rstrip().split(",").index("val/loss")
+    path.write_text("".join(r for r in rows if not (r.split(",")[column] and ",20," in r)))
+    assert 20 not in by_step(killed, "val/loss")
+    again = tmp_path / "again"
+    finish(start(again, f"ckpt_path={killed}", "~callbacks.kill"))
+    assert by_step(again, "val/loss") == pytest.approx({20: final}, abs=1e-6)
+    summary = json.loads((again / "summary.json").read_text())
+    assert summary["metrics"]["val/loss"] == pytest.approx(final, abs=1e-6)
 
 
 # gpt-nano (dropout 0.1), char-level Verdict, 8 batches per epoch, constant learning rate: only

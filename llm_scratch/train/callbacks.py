@@ -16,7 +16,13 @@ from typing import Annotated
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Checkpoint, ModelSummary, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import (
+    Checkpoint,
+    ModelCheckpoint,
+    ModelSummary,
+    ProgressBar,
+    RichProgressBar,
+)
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
@@ -531,6 +537,43 @@ class SigtermCheckpoint(Checkpoint):
         log.info("SIGTERM received: saving %s at step %d", self.path, trainer.global_step)
         trainer.save_checkpoint(self.path, weights_only=False)  # (None: an info line says so)
         self.saved_step = trainer.global_step
+
+
+class PeriodicCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint's ``every_n_train_steps`` checkpoint, saved after the validation when one
+    runs at that step.
+
+    Lightning resumes a checkpoint of such a step as if the validation had run before it was
+    saved: it skips it. Saved before it (ModelCheckpoint saves in ``on_train_batch_end``), a run
+    killed during that validation continued without it: no val/loss of that step, no best
+    checkpoint, and a run killed in its final validation was left with nothing to train."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._deferred_step: int | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if _validation_follows(trainer):
+            self._deferred_step = trainer.global_step
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if self._deferred_step is not None and self._deferred_step == trainer.global_step:
+            self._deferred_step = None
+            super().on_train_batch_end(trainer, pl_module, None, None, 0)
+
+
+def _validation_follows(trainer: L.Trainer) -> bool:
+    """Whether Lightning validates after the training batch that just ended (its own rule,
+    which it applies next with the same state; False where that rule is not found)."""
+    loop = trainer.fit_loop.epoch_loop
+    should_check = getattr(loop, "_should_check_val_fx", None)
+    fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
+    if should_check is None or fetcher is None or trainer.sanity_checking:
+        return False
+    return bool(should_check(fetcher))
 
 
 class FinalCheckpoint(Checkpoint):

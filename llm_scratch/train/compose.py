@@ -135,7 +135,8 @@ def expand_argv(argv: list[str]) -> list[str]:
     only: a sweep (``-m``) continues its jobs itself)."""
     if any(a in ("-m", "--multirun") for a in argv[1:]):
         return argv
-    overrides = [a for a in argv[1:] if "=" in a and not a.startswith("-")]
+    # (a deletion, ~key, may have no "=": it too applies after the run's own overrides)
+    overrides = [a for a in argv[1:] if ("=" in a or a.startswith("~")) and not a.startswith("-")]
     if not overrides:
         return argv
     flags = [a for a in argv[1:] if a not in overrides]

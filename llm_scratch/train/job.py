@@ -65,7 +65,13 @@ from llm_scratch.train.run_dir import (
     remove_unfinished,
 )
 from llm_scratch.train.summary import write_run_summary
-from llm_scratch.train.sweep_resume import continued_sweep_job, drop_rows_after_checkpoint
+from llm_scratch.train.sweep_resume import (
+    continued_sweep_job,
+    drop_rows_after_checkpoint,
+    last_logged,
+    logged_rows,
+    row_step,
+)
 from llm_scratch.train.timing import mark
 from llm_scratch.train.validate import validate_config
 from llm_scratch.utils.allocator import retain_freed_memory
@@ -201,6 +207,7 @@ def _train(
         model_config.vocab_size,
         model_config.context_length,
     )
+    logged: dict[str, float] = {}  # a stopped run's figures up to its last step, when finished
     try:
         if cfg.get("train", True):
             stage["training"] = True
@@ -208,6 +215,9 @@ def _train(
             mark("fit")
             with running(), training_errors(trainer, datamodule.batch_size, output_dir):
                 trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+                if ckpt_path and 0 < trainer.max_steps <= hparams_step(ckpt_path):
+                    run = saved_run_dir(Path(ckpt_path))
+                    logged = _finish_stopped_run(trainer, module, datamodule, run)
         if cfg.get("validate_after", False):
             if not cfg.get("train", True) and ckpt_path is not None:
                 # nothing trained in this call: validate the checkpoint's weights, not random ones
@@ -219,7 +229,7 @@ def _train(
     finally:
         finish_loggers(loggers)
     # (the module's "step" and "epoch" only place the loggers' rows: summary.json has both)
-    metrics = {
+    metrics = logged | {
         k: float(v)
         for k, v in trainer.callback_metrics.items()
         if torch.is_tensor(v) and k not in ("step", "epoch")
@@ -249,6 +259,39 @@ def next_commands(run_dir: Path, trainer: Any = None) -> str:
         f"  continue: {continued}\n"
         f"  report:   {report_command(run_dir)}"
     )
+
+
+def stopped_at_its_end(ckpt_path: str) -> bool:
+    """Whether ``ckpt_path`` is the last.ckpt of a run that trained its last step but stopped
+    before it finished (no summary.json): continuing it with the same length finishes it."""
+    run = saved_run_dir(Path(ckpt_path))
+    return run is not None and not (run / "summary.json").is_file()
+
+
+def _finish_stopped_run(
+    trainer: L.Trainer, module: Any, datamodule: Any, run: Path
+) -> dict[str, float]:
+    """The end of a run that stopped after its last step, which Lightning's fit skips: the
+    validation of that step where one was due and is not in its metrics.csv. Returns the
+    metrics it logged up to that step (the final figures its summary holds)."""
+    step = trainer.global_step
+    rows = logged_rows(run)
+    logged = [r for r in rows if r.get("val/loss") and row_step(r) == step]
+    # Lightning validates every val_check_batch batches and at an epoch's end
+    due = any(
+        isinstance(n, int) and n > 0 and step % n == 0
+        for n in (trainer.val_check_batch, trainer.num_training_batches)
+    )
+    # decided on the main process (the record may be there only): every process validates, or none
+    validate = trainer.strategy.broadcast(due and not logged, src=0)
+    log.info(
+        "The run had trained its last step (%d) but stopped before it finished: %s",
+        step,
+        "validating that step, then its summary" if validate else "its summary",
+    )
+    if validate:
+        trainer.validate(module, datamodule=datamodule)
+    return last_logged(rows, step)
 
 
 def hparams_step(ckpt_path: str) -> int:
@@ -301,7 +344,7 @@ def _continuation_changes(
         continued = ckpt_path
     check_continuation(changes, continued, bool(cfg.get("continue_with_changes")), same_batch)
     step, max_steps = int(hparams_step(ckpt_path)), cfg.trainer.get("max_steps") or -1
-    if cfg.get("train", True) and 0 < max_steps <= step:
+    if cfg.get("train", True) and 0 < max_steps <= step and not stopped_at_its_end(ckpt_path):
         raise UserError(
             f"ckpt_path={ckpt_path} is at step {step}, and trainer.max_steps={max_steps}: "
             f"nothing left to train. Give the new length, e.g. trainer.max_steps={2 * step}."

@@ -130,7 +130,7 @@ def _keep_metrics_before(logger: Any, step: int) -> None:
 
 
 def _logged_before(row: dict[str, str], step: int) -> bool:
-    value = _row_step(row)
+    value = row_step(row)
     return _before(value, step) or (value == step and not row.get("train/epoch_loss"))
 
 
@@ -139,7 +139,25 @@ def _before(value: int | None, step: int) -> bool:
     return value is not None and value < step
 
 
-def _row_step(row: dict[str, str]) -> int | None:
+def logged_rows(run_dir: Path) -> list[dict[str, str]]:
+    """The complete rows of a run's metrics.csv (none if it has none)."""
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return []
+    text = _complete_lines(path.read_text(encoding="utf-8"))
+    return [row for row in csv.DictReader(io.StringIO(text, newline="")) if None not in row]
+
+
+def last_logged(rows: list[dict[str, str]], step: int) -> dict[str, float]:
+    """Each metric's last value logged up to ``step`` (what the Trainer held at that step)."""
+    values: dict[str, float] = {}
+    for row in rows:
+        if _before(row_step(row), step + 1):
+            values.update({k: float(v) for k, v in row.items() if v and k not in ("step", "epoch")})
+    return values
+
+
+def row_step(row: dict[str, str]) -> int | None:
     try:
         return int(float(row.get("step") or ""))
     except ValueError:
