@@ -217,6 +217,17 @@ def test_a_run_killed_after_its_last_step_is_finished_by_continuing_it(tmp_path)
     summary = json.loads((again / "summary.json").read_text())
     assert summary["metrics"]["val/loss"] == pytest.approx(final, abs=1e-6)
 
+    # killed before the epoch's loss was logged too (the kill came in the last validation):
+    # the summary has it from the sums the checkpoint holds
+    epoch_loss = by_step(killed, "train/epoch_loss")[20]
+    rows = path.read_text().splitlines(keepends=True)
+    column = rows[0].rstrip().split(",").index("train/epoch_loss")
+    path.write_text("".join(r for r in rows if not r.split(",")[column]))
+    third = tmp_path / "third"
+    finish(start(third, f"ckpt_path={killed}", "~callbacks.kill"))
+    summary = json.loads((third / "summary.json").read_text())
+    assert summary["metrics"]["train/epoch_loss"] == pytest.approx(epoch_loss, rel=1e-6)
+
 
 # gpt-nano (dropout 0.1), char-level Verdict, 8 batches per epoch, constant learning rate: only
 # the batches trained and the dropout masks decide the losses.

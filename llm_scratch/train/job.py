@@ -273,7 +273,7 @@ def _finish_stopped_run(
 ) -> dict[str, float]:
     """The end of a run that stopped after its last step, which Lightning's fit skips: the
     validation of that step where one was due and is not in its metrics.csv. Returns the
-    metrics it logged up to that step (the final figures its summary holds)."""
+    metrics it logged up to that step and the epoch's loss (the final figures of its summary)."""
     step = trainer.global_step
     rows = logged_rows(run)
     logged = [r for r in rows if r.get("val/loss") and row_step(r) == step]
@@ -291,7 +291,13 @@ def _finish_stopped_run(
     )
     if validate:
         trainer.validate(module, datamodule=datamodule)
-    return last_logged(rows, step)
+    figures = last_logged(rows, step)
+    # the epoch's mean loss, logged where training ends: from the sums the checkpoint holds
+    # (under DDP, the main process's)
+    sums = module.train_epoch_loss
+    if not any(r.get("train/epoch_loss") and row_step(r) == step for r in rows) and sums.count > 0:
+        figures["train/epoch_loss"] = float(sums.total / sums.count)
+    return figures
 
 
 def hparams_step(ckpt_path: str) -> int:
