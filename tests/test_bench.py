@@ -295,17 +295,41 @@ def test_the_step_against_nanogpt_computes_nanogpts_losses(tmp_path):
     assert len(result["ratio_runs"]) == 2 and all(positive(r) for r in result["ratio_runs"])
 
 
+def test_training_seconds_are_the_tokens_over_the_median_logged_rate(tmp_path):
+    from llm_scratch.bench.sweep import training_seconds
+
+    (tmp_path / "metrics.csv").write_text(
+        "step,train/tokens_per_sec,train/tokens_seen,val/loss\n"
+        "5,100,500,\n5,,,3.0\n10,300,1000,\n15,200,1500,\n"
+    )
+    assert training_seconds(tmp_path) == 1500 / 200
+    (tmp_path / "metrics.csv").write_text("step,val/loss\n5,3.0\n")
+    assert training_seconds(tmp_path) is None  # too short to log a rate
+
+
 @pytest.mark.slow
 def test_sweep_phases_add_up_to_each_jobs_wall_time(tmp_path, shared_data_dir):
     from llm_scratch.bench import sweep
     from tests.helpers import CHAR_VERDICT
 
     tiny = [o for o in CHAR_VERDICT if o != "model=gpt-nano"]
+    # --before: the same sweep in another checkout (here this one), summed up the same way
     result = sweep.run(
         jobs=2, steps=4, overrides=[*tiny, "trainer.val_check_interval=2"], workdir=tmp_path,
-        show=False,
+        show=False, before=str(REPO), startup_rounds=1,
     )  # fmt: skip
     (nano,) = result["sweeps"]
+    (before,) = result["before"]["sweeps"]
+    after = nano["coarse"]
+    assert before["jobs"] == after["jobs"] == 2
+    assert before["kept_bytes_max"] == after["kept_bytes_max"]  # the same code keeps the same
+    for summed in (before, after):
+        assert 0 < summed["training_s"] < summed["wall"]
+    assert math.isclose(after["wall"], nano["wall"])
+    for side in ("before", "after"):
+        times = result["before"]["startup"][side]
+        assert set(times) == set(sweep.STARTUP) and times["import torch"]["x_torch"] == 1.0
+        assert all(t["median"] > 0 for t in times.values())
     assert len(nano["jobs"]) == 2
     for job in nano["jobs"]:
         phases = job["phases"]

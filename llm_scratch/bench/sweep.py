@@ -221,6 +221,14 @@ def _print(sweep: dict[str, Any]) -> None:
     )
 
 
+def _commit(repo: Path) -> str | None:
+    """The commit checked out in ``repo`` (None outside git)."""
+    done = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return done.stdout.strip() or None
+
+
 def before_sweep(name: str, overrides: list[str], jobs: int, before: Path, workdir: Path):
     """The same sweep run in the checkout ``before`` (no phase times: it may not have them)."""
     sweep_dir = workdir / f"{name}_before"
@@ -384,7 +392,8 @@ def run(
     return {
         "machine": machine_info("cpu"),
         "load_avg_1min_after": load_average(),
+        "commit": _commit(REPO),
         "sweeps": sweeps,
         "checkpoint_save": saving,
-        "before": {"checkout": str(old), "sweeps": befores, "startup": starts} if old else None,
+        "before": {"commit": _commit(old), "sweeps": befores, "startup": starts} if old else None,
     }
