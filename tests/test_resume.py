@@ -205,27 +205,22 @@ def test_a_run_killed_after_its_last_step_is_finished_by_continuing_it(tmp_path)
     # logged before the kill: not repeated (nothing logged, so no metrics.csv at all)
     assert not (finished / "metrics.csv").exists()
 
-    # the record without that validation (a logger's rows lost with the process): validated
+    # the record without that validation and the epoch's loss (the kill came in the last
+    # validation, or the logger's rows were lost with the process): that step is validated
+    # again, and the epoch's loss comes from the sums the checkpoint holds
+    epoch_loss = by_step(killed, "train/epoch_loss")[20]
     path = killed / "metrics.csv"
     rows = path.read_text().splitlines(keepends=True)
-    column = rows[0].rstrip().split(",").index("val/loss")
-    path.write_text("".join(r for r in rows if not (r.split(",")[column] and ",20," in r)))
-    assert 20 not in by_step(killed, "val/loss")
+    header = rows[0].rstrip().split(",")
+    val, epoch = header.index("val/loss"), header.index("train/epoch_loss")
+    kept = [r for r in rows if not (r.split(",")[val] and ",20," in r) and not r.split(",")[epoch]]
+    path.write_text("".join(kept))
+    assert 20 not in by_step(killed, "val/loss") and by_step(killed, "train/epoch_loss") == {}
     again = tmp_path / "again"
     finish(start(again, f"ckpt_path={killed}", "~callbacks.kill"))
     assert by_step(again, "val/loss") == pytest.approx({20: final}, abs=1e-6)
     summary = json.loads((again / "summary.json").read_text())
     assert summary["metrics"]["val/loss"] == pytest.approx(final, abs=1e-6)
-
-    # killed before the epoch's loss was logged too (the kill came in the last validation):
-    # the summary has it from the sums the checkpoint holds
-    epoch_loss = by_step(killed, "train/epoch_loss")[20]
-    rows = path.read_text().splitlines(keepends=True)
-    column = rows[0].rstrip().split(",").index("train/epoch_loss")
-    path.write_text("".join(r for r in rows if not r.split(",")[column]))
-    third = tmp_path / "third"
-    finish(start(third, f"ckpt_path={killed}", "~callbacks.kill"))
-    summary = json.loads((third / "summary.json").read_text())
     assert summary["metrics"]["train/epoch_loss"] == pytest.approx(epoch_loss, rel=1e-6)
 
 

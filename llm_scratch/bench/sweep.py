@@ -248,13 +248,20 @@ STARTUP = {
 }
 
 
-def startup(checkouts: dict[str, Path], rounds: int, workdir: Path) -> dict[str, Any]:
-    """Seconds of each start-up command in each checkout, alternated round by round; the
-    median of the rounds, and its ratio to ``import torch`` in the same checkout."""
-    times: dict[str, dict[str, list[float]]] = {c: {k: [] for k in STARTUP} for c in checkouts}
+def startup(
+    checkouts: dict[str, Path],
+    rounds: int,
+    workdir: Path,
+    commands: dict[str, list[str]] | None = None,
+) -> dict[str, Any]:
+    """Seconds of each start-up command (:data:`STARTUP`, ``import torch`` among them) in each
+    checkout, alternated round by round; the median of the rounds, and its ratio to ``import
+    torch`` in the same checkout."""
+    commands = commands or STARTUP
+    times: dict[str, dict[str, list[float]]] = {c: {k: [] for k in commands} for c in checkouts}
     for r in range(rounds):
         for label, repo in checkouts.items():
-            for what, args in STARTUP.items():
+            for what, args in commands.items():
                 extra = [f"hydra.run.dir={workdir}/startup_{label}_{r}"] if "run" in what else []
                 start, end = _launch([sys.executable, *args, *extra], repo, what)
                 times[label][what].append(end - start)
