@@ -2,7 +2,8 @@
 
 Set at import time (before any test imports the package) unless already set:
 LLM_SCRATCH_DATA_DIR -> <checkout>/../shared/data, TIKTOKEN_CACHE_DIR -> that/tiktoken,
-LLM_SCRATCH_CACHE_DIR -> a fresh temporary folder for this test session.
+LLM_SCRATCH_CACHE_DIR -> a fresh temporary folder for this test session; under pytest-xdist,
+OMP_NUM_THREADS -> the cores divided by the workers.
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ os.environ.setdefault("LLM_SCRATCH_DATA_DIR", str(SHARED_DATA_DIR))
 os.environ.setdefault(
     "TIKTOKEN_CACHE_DIR", str(Path(os.environ["LLM_SCRATCH_DATA_DIR"]) / "tiktoken")
 )
+# pytest-xdist runs a worker per core: each worker, and every run it starts, takes its share of
+# the cores (by default torch's OpenMP threads in every worker would take them all, and spin
+# against each other)
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 if "LLM_SCRATCH_CACHE_DIR" not in os.environ:
     _cache = tempfile.mkdtemp(prefix="llm_scratch_test_cache_")
     os.environ["LLM_SCRATCH_CACHE_DIR"] = _cache
