@@ -26,6 +26,7 @@ time) and the checkpoint bytes a job keeps. Start-up is timed in both too: ``imp
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -113,7 +114,7 @@ def _launch(command: list[str], repo: Path, what: str) -> tuple[float, float]:
     return launched, finished
 
 
-def _sweep_command(name: str, overrides: list[str], jobs: int, sweep_dir: Path) -> list[str]:
+def _sweep_command(overrides: list[str], jobs: int, sweep_dir: Path) -> list[str]:
     seeds = ",".join(str(s) for s in range(1, jobs + 1))
     return [
         sys.executable,
@@ -128,8 +129,6 @@ def _sweep_command(name: str, overrides: list[str], jobs: int, sweep_dir: Path) 
 def training_seconds(job_dir: Path) -> float | None:
     """A job's training time as the goal was set: the tokens it trained on over its median
     logged tokens/s (from its metrics.csv, any version's); None if it logged neither."""
-    import csv
-
     rates, tokens = [], 0.0
     for path in job_dir.rglob("metrics.csv"):
         with path.open() as f:
@@ -164,7 +163,7 @@ def run_sweep(
 ) -> dict[str, Any]:
     """Run one sweep of ``jobs`` jobs (seeds 1..jobs) and return its jobs' phases."""
     sweep_dir = workdir / name
-    command = [*_sweep_command(name, overrides, jobs, sweep_dir), *TIMING]
+    command = [*_sweep_command(overrides, jobs, sweep_dir), *TIMING]
     launched, finished = _launch(command, REPO, f"the sweep {name}")
     found = sorted(sweep_dir.glob("*/phase_times.json"), key=lambda p: p.stat().st_mtime)
     if len(found) != jobs:
@@ -229,10 +228,12 @@ def _commit(repo: Path) -> str | None:
     return done.stdout.strip() or None
 
 
-def before_sweep(name: str, overrides: list[str], jobs: int, before: Path, workdir: Path):
+def before_sweep(
+    name: str, overrides: list[str], jobs: int, before: Path, workdir: Path
+) -> dict[str, Any]:
     """The same sweep run in the checkout ``before`` (no phase times: it may not have them)."""
     sweep_dir = workdir / f"{name}_before"
-    command = _sweep_command(name, overrides, jobs, sweep_dir)
+    command = _sweep_command(overrides, jobs, sweep_dir)
     launched, finished = _launch(command, before, f"the sweep {name} in {before}")
     return coarse(sweep_dir, finished - launched)
 

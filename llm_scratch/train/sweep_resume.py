@@ -12,6 +12,7 @@ directory without the sweep's marker of its job folder (``.sweep_job``).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -152,8 +153,12 @@ def last_logged(rows: list[dict[str, str]], step: int) -> dict[str, float]:
     """Each metric's last value logged up to ``step`` (what the Trainer held at that step)."""
     values: dict[str, float] = {}
     for row in rows:
-        if _before(row_step(row), step + 1):
-            values.update({k: float(v) for k, v in row.items() if v and k not in ("step", "epoch")})
+        if not _before(row_step(row), step + 1):
+            continue
+        for key, value in row.items():
+            if value and key not in ("step", "epoch"):
+                with contextlib.suppress(ValueError):  # a damaged cell: not a figure
+                    values[key] = float(value)
     return values
 
 
