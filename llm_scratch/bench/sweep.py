@@ -301,7 +301,7 @@ def _print_comparison(sweeps: list[tuple[str, dict, dict]], starts: dict[str, An
             values = [before[key], after[key]]
             rows.append(
                 [
-                    f"{name} ({after['jobs']} jobs): {label}",
+                    f"{name} ({after['jobs']} job{'s' if after['jobs'] != 1 else ''}): {label}",
                     *("n/a" if v is None else fmt.format(v * scale) for v in values),
                 ]
             )
