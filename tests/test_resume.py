@@ -213,15 +213,18 @@ def test_a_run_killed_after_its_last_step_is_finished_by_continuing_it(tmp_path)
     rows = path.read_text().splitlines(keepends=True)
     header = rows[0].rstrip().split(",")
     val, epoch = header.index("val/loss"), header.index("train/epoch_loss")
-    kept = [r for r in rows if not (r.split(",")[val] and ",20," in r) and not r.split(",")[epoch]]
-    path.write_text("".join(kept))
-    assert 20 not in by_step(killed, "val/loss") and by_step(killed, "train/epoch_loss") == {}
+    kept = [
+        r for r in rows[1:] if not (r.split(",")[val] and ",20," in r) and not r.split(",")[epoch]
+    ]
+    path.write_text("".join([rows[0], *kept]))
+    assert sorted(by_step(killed, "val/loss")) == [10] and by_step(killed, "train/epoch_loss") == {}
     again = tmp_path / "again"
     finish(start(again, f"ckpt_path={killed}", "~callbacks.kill"))
     assert by_step(again, "val/loss") == pytest.approx({20: final}, abs=1e-6)
     summary = json.loads((again / "summary.json").read_text())
     assert summary["metrics"]["val/loss"] == pytest.approx(final, abs=1e-6)
     assert summary["metrics"]["train/epoch_loss"] == pytest.approx(epoch_loss, rel=1e-6)
+    assert summary["metrics"]["train/loss"] == pytest.approx(losses(killed)[20], abs=1e-7)
 
 
 # gpt-nano (dropout 0.1), char-level Verdict, 8 batches per epoch, constant learning rate: only
