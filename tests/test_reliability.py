@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 from datetime import datetime, timedelta
@@ -26,6 +27,7 @@ from omegaconf import OmegaConf
 from llm_scratch import sample
 from llm_scratch.data import corpora
 from llm_scratch.errors import NonFiniteLossError, UserError, one_line
+from llm_scratch.train import checkpointing
 from llm_scratch.train.checkpointing import AtomicCheckpointIO
 from llm_scratch.train.failures import training_errors
 from llm_scratch.train.job import train
@@ -400,8 +402,11 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, check_every
     assert (run / "config.yaml").is_file() and (run / "tokenizer.json").is_file()
 
 
-def test_disk_full_during_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+@pytest.mark.parametrize("background", [False, True], ids=["written-in-place", "background"])
+def test_disk_full_during_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch, background):
     run = tmp_path / "run"
+    if background:  # the failure comes on the writer's thread, and stops the run at its next save
+        monkeypatch.setattr(checkpointing, "BACKGROUND_BYTES", 0)
     real_save = torch.save
     calls = []
 
@@ -433,6 +438,58 @@ def test_atomic_checkpoint_io_loads_weights_only(tmp_path):
     with pytest.raises(Exception, match="Weights only load failed|weights_only"):
         io.load_checkpoint(tmp_path / "evil.ckpt")
     assert not (tmp_path / "pwned").exists()
+
+
+def test_a_background_write_holds_the_state_when_saved_and_precedes_the_removal(
+    tmp_path, monkeypatch
+):
+    """Large checkpoints are written by a background thread: the file holds the tensors as they
+    were when saved, and the best it replaces is removed only once it is written."""
+    io = AtomicCheckpointIO(background_bytes=0)
+    old, new = tmp_path / "best-1.ckpt", tmp_path / "best-2.ckpt"
+    io.save_checkpoint({"w": torch.zeros(4)}, old)
+    io.wait()
+    release = threading.Event()
+    real_save = torch.save
+
+    def slow_save(obj, f, *args, **kwargs):
+        assert release.wait(timeout=60)
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", slow_save)
+    weights = torch.ones(4)
+    io.save_checkpoint({"w": weights}, new)
+    io.remove_checkpoint(old)  # what ModelCheckpoint does right after saving a new best
+    weights.add_(1)  # training goes on meanwhile
+    assert old.is_file() and not new.exists()  # nothing removed before its successor is in place
+    release.set()
+    io.teardown()
+    assert not old.exists()
+    assert torch.equal(io.load_checkpoint(new)["w"], torch.ones(4))
+
+
+@pytest.mark.parametrize("failure", ["disk full", "zip writer"])
+def test_a_failed_background_write_is_raised_by_the_next_save_and_removes_nothing(
+    tmp_path, monkeypatch, failure
+):
+    io = AtomicCheckpointIO(background_bytes=0)
+    old, new = tmp_path / "best-1.ckpt", tmp_path / "best-2.ckpt"
+    io.save_checkpoint({"w": torch.zeros(4)}, old)
+    io.wait()
+
+    def full(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        if failure == "disk full":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", full)
+    io.save_checkpoint({"w": torch.ones(4)}, new)
+    io.remove_checkpoint(old)
+    with pytest.raises(UserError, match=r"Could not write the checkpoint .*best-2.ckpt.*kept"):
+        io.save_checkpoint({"w": torch.ones(4)}, new)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best-1.ckpt"]  # no temporary either
+    io.teardown()  # raised once: the run's end does not raise it again
 
 
 def test_run_directories_differ_within_a_second():

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import torch
 from llm_scratch.checkpoint import load_model
 from llm_scratch.errors import Preempted
 from llm_scratch.model import GPT, GPTConfig
+from llm_scratch.train import checkpointing
 from llm_scratch.train.job import train
 from llm_scratch.train.module import GPTLightningModule
 from tests.helpers import FAST, REPO, by_step, compose_config
@@ -243,14 +245,35 @@ SHORT = [
 ]
 
 
-@pytest.mark.parametrize("sampling", ["sliding", pytest.param("random", marks=pytest.mark.slow)])
-def test_raising_max_steps_continues_where_the_run_stopped(tmp_path, sampling):
+@pytest.mark.parametrize(
+    "sampling,background",
+    [
+        ("sliding", False),
+        pytest.param("random", False, marks=pytest.mark.slow),
+        # every checkpoint written by the background thread, as a large model's are
+        ("sliding", True),
+    ],
+    ids=["sliding", "random", "sliding-background-writes"],
+)
+def test_raising_max_steps_continues_where_the_run_stopped(
+    tmp_path, monkeypatch, sampling, background
+):
     # The README's way to train longer: raise trainer.max_steps and continue with ckpt_path.
     # Stopped mid-epoch (step 3), the continuation started the next epoch at batch 5/8, and
     # epoch 0's last batches were never trained; stopped at an epoch's end (step 8, Lightning
     # issue #19617), the steps were one off and an epoch's windows were skipped. Each stop here
     # continues the previous continuation: 3, 8 (end of epoch 0), 11, then 12.
     common = [*SHORT, f"data.sampling={sampling}"]
+    writers = set()
+    if background:
+        monkeypatch.setattr(checkpointing, "BACKGROUND_BYTES", 0)
+        save = torch.save
+
+        def recorded(*args, **kwargs):
+            writers.add(threading.current_thread().name.split("_")[0])
+            return save(*args, **kwargs)
+
+        monkeypatch.setattr(torch, "save", recorded)
 
     def run(name: str, max_steps: int, ckpt: Path | None = None) -> dict[int, float]:
         extra = [f"ckpt_path={ckpt}"] if ckpt else []
@@ -264,6 +287,7 @@ def test_raising_max_steps_continues_where_the_run_stopped(tmp_path, sampling):
         previous = tmp_path / f"to{max_steps}"
     assert sorted(continued) == sorted(whole) == list(range(1, 13))
     assert max(abs(continued[s] - whole[s]) for s in whole) == 0
+    assert writers == ({"checkpoint"} if background else set())
 
 
 # ============================== the run's record: epoch losses, fine-tuned runs, no validation

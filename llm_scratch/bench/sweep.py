@@ -331,7 +331,7 @@ def checkpoint_save(model: str, workdir: Path, show: bool = True) -> dict[str, A
     for name, checkpoint in cases.items():
         path = workdir / f"{name.replace(' ', '_')}.ckpt"
         start = time.perf_counter()
-        AtomicCheckpointIO().save_checkpoint(checkpoint, path)
+        AtomicCheckpointIO().write_checkpoint(checkpoint, path)  # in place, not in the background
         save = time.perf_counter() - start
         data = path.read_bytes()
         copy = workdir / "raw.bin"

@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 from llm_scratch.constraints import INT64_MAX, Check, Count, NewTokens
 from llm_scratch.errors import NonFiniteLossError, UserError
 from llm_scratch.sample import sample_responses, sample_texts
+from llm_scratch.train.checkpointing import wait_for_checkpoints
 from llm_scratch.train.module import unpack_batch
 from llm_scratch.train.sharding import is_sharded
 from llm_scratch.utils.flops import known_peak_flops
@@ -594,6 +595,7 @@ class FinalCheckpoint(Checkpoint):
         if trainer.sanity_checking or trainer.fast_dev_run or not _training_ends_here(trainer):
             return
         # decided on the main process (the file may be there only), and saved by every process
+        wait_for_checkpoints(trainer)  # a periodic save of this step may still be writing
         if trainer.strategy.broadcast(_saved_step(self.path) != trainer.global_step, src=0):
             trainer.save_checkpoint(self.path, weights_only=False)  # (None: an info line says so)
 

@@ -12,6 +12,9 @@ import re
 import shutil
 import socket
 import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +29,48 @@ from llm_scratch.utils.io import atomic_open
 log = logging.getLogger(__name__)
 
 
+# Checkpoints holding at least this many bytes of tensors are written in the background: below
+# it a write takes milliseconds, and a synchronous one keeps a small run's files where a kill
+# finds them
+BACKGROUND_BYTES = 64 * 2**20
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints written to a temporary file in the same folder, fsynced, then renamed over the
     old one: a crash or a full disk mid-write leaves the previous checkpoint whole. Reads use
     ``torch.load(weights_only=True)`` unless the caller asks otherwise.
+
+    A checkpoint of ``background_bytes`` or more of tensors is written by a background thread
+    from a CPU copy taken when it is saved, so training goes on while the bytes reach the disk.
+    Writes and removals run one at a time in the order asked (a best is removed only after its
+    successor is written); the next save, a read, and the end of the run wait for them, and a
+    failed write is raised there.
 
     (Lightning's own ``_atomic_save`` writes through an fsspec transaction, which on a local disk
     stages the file in the system temp folder and, when that is another file system, copies it
     into place non-atomically, without an fsync.)
     """
 
+    def __init__(self, background_bytes: int | None = None) -> None:
+        super().__init__()
+        self.background_bytes = BACKGROUND_BYTES if background_bytes is None else background_bytes
+        self._writer: ThreadPoolExecutor | None = None
+        self._queued: list[Future] = []
+        self._failure: BaseException | None = None
+
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
     ) -> None:
+        # one copy in memory at a time, and a failed earlier write stops the run here
+        self.wait()
         if "://" in str(path):  # remote storage: Lightning's fsspec path
             return super().save_checkpoint(checkpoint, path, storage_options)
+        if _tensor_bytes(checkpoint) < self.background_bytes:
+            return self.write_checkpoint(checkpoint, path)
+        self._queue(self.write_checkpoint, _cpu_copies(checkpoint), path)
+
+    def write_checkpoint(self, checkpoint: dict[str, Any], path: Any) -> None:
+        """Write ``checkpoint`` to ``path`` now: temporary file, fsync, rename."""
         try:
             with atomic_open(path, "wb") as f:
                 torch.save(checkpoint, f)
@@ -56,10 +86,76 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise _unwritten(path, f"the write failed: {_free_space(path)}") from error
         remove_stale_temporaries(Path(path))
 
+    def remove_checkpoint(self, path: Any) -> None:
+        if self._queued:
+            self._queue(super().remove_checkpoint, path)
+        else:
+            super().remove_checkpoint(path)
+
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: Any = None):
+        self.wait()
         if map_location is None:
             return super().load_checkpoint(path, weights_only=_weights_only(weights_only))
         return super().load_checkpoint(path, map_location, weights_only=_weights_only(weights_only))
+
+    def wait(self) -> None:
+        """Return once every queued write and removal is done; raise a write's failure once."""
+        queued, self._queued = self._queued, []
+        for future in queued:
+            future.result()
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
+
+    def teardown(self) -> None:
+        try:
+            self.wait()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
+                self._writer = None
+
+    def _queue(self, task: Callable[..., None], *args: Any) -> None:
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self._queued.append(self._writer.submit(self._run, task, *args))
+
+    def _run(self, task: Callable[..., None], *args: Any) -> None:
+        if self._failure is not None:  # after a failed write: keep the files that are there
+            return
+        try:
+            task(*args)
+        except BaseException as error:  # raised on the training thread by wait()
+            self._failure = error
+
+
+def _tensor_bytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.nbytes
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
+
+
+def _cpu_copies(value: Any) -> Any:
+    """``value`` with each tensor replaced by a CPU copy that later updates do not change."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        copies = {k: _cpu_copies(v) for k, v in value.items()}
+        return type(value)(copies) if type(value) in (dict, OrderedDict) else copies
+    if isinstance(value, list | tuple) and not hasattr(value, "_fields"):  # not a namedtuple
+        return type(value)(_cpu_copies(v) for v in value)
+    return value
+
+
+def wait_for_checkpoints(trainer: Any) -> None:
+    """Wait for the checkpoint files the trainer's checkpoint IO is still writing, if any."""
+    wait = getattr(trainer.strategy.checkpoint_io, "wait", None)
+    if wait is not None:
+        wait()
 
 
 def _unwritten(path: Any, reason: str) -> UserError:

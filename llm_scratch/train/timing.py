@@ -69,7 +69,10 @@ class PhaseTimes(L.Callback):
             folder = self.output_dir or trainer.default_root_dir
             self._path = Path(folder) / "phase_times.json"
         self._wrap(trainer, "save_checkpoint", self.times["saves"], "path")
-        self._wrap(trainer.strategy.checkpoint_io, "save_checkpoint", self.times["writes"], "size")
+        io = trainer.strategy.checkpoint_io
+        # the write itself: AtomicCheckpointIO's may run on its background thread
+        write = "write_checkpoint" if hasattr(io, "write_checkpoint") else "save_checkpoint"
+        self._wrap(io, write, self.times["writes"], "size")
         from llm_scratch.train.callbacks import TextSampler
 
         for callback in trainer.callbacks:
