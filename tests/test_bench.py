@@ -314,8 +314,12 @@ def test_sweep_phases_add_up_to_each_jobs_wall_time(tmp_path, shared_data_dir):
 
     tiny = [o for o in CHAR_VERDICT if o != "model=gpt-nano"]
     overrides = [*tiny, "trainer.val_check_interval=2"]
-    result = sweep.run(jobs=2, steps=4, overrides=overrides, workdir=tmp_path, show=False)
+    # --workdir: made when it does not exist yet
+    result = sweep.run(
+        jobs=2, steps=4, overrides=overrides, workdir=tmp_path / "a" / "b", show=False
+    )
     (nano,) = result["sweeps"]
+    assert str(tmp_path) not in nano["command"] and "hydra.sweep.dir=<workdir>/" in nano["command"]
     # --before: a job of the same sweep in another checkout (here this one), summed up the same
     # way as today's from what any version writes
     before = sweep.before_sweep("nano", [*sweep.NANO, *overrides], 1, REPO, tmp_path)

@@ -183,7 +183,8 @@ def run_sweep(
         job["launcher_before"] = gap
     sweep = {
         "name": name,
-        "command": " ".join(command[1:]),
+        # publishable: the temporary folder it ran in is not a path a reader has
+        "command": " ".join(command[1:]).replace(str(workdir), "<workdir>"),
         "wall": finished - launched,
         "launcher": sum(gaps),
         "launcher_after": gaps[-1],
@@ -386,6 +387,8 @@ def run(
     if old and not (old / "training" / "run_experiment.py").is_file():
         raise ValueError(f"--before {before}: not a checkout of this package")
     sweeps, befores, starts = [], [], None
+    if workdir:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="llm_scratch_bench_sweep_", dir=workdir) as tmp:
         for name, o, n in plan:
             if old:  # the earlier code first, then today's, sweep by sweep
