@@ -430,6 +430,33 @@ def test_disk_full_during_checkpoint_keeps_the_previous_one(tmp_path, monkeypatc
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt"]
 
 
+def test_a_failed_last_background_write_fails_the_run_at_its_end(tmp_path, monkeypatch):
+    """The write of the run's final checkpoint fails after training ended: the end of the run
+    waits for it and raises the one line; no summary says the run finished."""
+    monkeypatch.setattr(checkpointing, "BACKGROUND_BYTES", 0)
+    run = tmp_path / "run"
+    real_save = torch.save
+    calls = []
+
+    def save(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # step 3's, where training ends
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    cfg = compose_config(
+        [*TINY, "trainer.max_steps=3", "callbacks.periodic_checkpoint.every_n_train_steps=2"], run
+    )
+    with pytest.raises(
+        UserError, match="No space left on device.*previous checkpoint there is kept"
+    ):
+        train(cfg)
+    assert len(calls) == 2
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    assert not (run / "summary.json").exists()
+
+
 def test_atomic_checkpoint_io_loads_weights_only(tmp_path):
     io = AtomicCheckpointIO()
     io.save_checkpoint({"a": torch.ones(2)}, tmp_path / "x.ckpt")
