@@ -402,22 +402,36 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, check_every
     assert (run / "config.yaml").is_file() and (run / "tokenizer.json").is_file()
 
 
+def fail_save(monkeypatch, at_call: int, error: Exception) -> list[int]:
+    """torch.save writes part of a file, then raises ``error``, at its ``at_call``-th call (a full
+    disk); the list counts the calls."""
+    real_save = torch.save
+    calls: list[int] = []
+
+    def save(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == at_call:
+            f.write(b"partial")
+            raise error
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    return calls
+
+
+ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+# how torch's zip writer reports a full disk
+ZIP_WRITER_FAILED = RuntimeError(
+    "[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0"
+)
+
+
 @pytest.mark.parametrize("background", [False, True], ids=["written-in-place", "background"])
 def test_disk_full_during_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch, background):
     run = tmp_path / "run"
     if background:  # the failure comes on the writer's thread, and stops the run at its next save
         monkeypatch.setattr(checkpointing, "BACKGROUND_BYTES", 0)
-    real_save = torch.save
-    calls = []
-
-    def save(obj, f, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:  # the second checkpoint: half written, then the disk is full
-            f.write(b"partial")
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_save(obj, f, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "save", save)
+    fail_save(monkeypatch, 2, ENOSPC)  # the second checkpoint: half written, then the disk is full
     cfg = compose_config(
         [*TINY, "trainer.max_steps=6", "callbacks.periodic_checkpoint.every_n_train_steps=2"], run
     )
@@ -435,16 +449,7 @@ def test_a_failed_last_background_write_fails_the_run_at_its_end(tmp_path, monke
     waits for it and raises the one line; no summary says the run finished."""
     monkeypatch.setattr(checkpointing, "BACKGROUND_BYTES", 0)
     run = tmp_path / "run"
-    real_save = torch.save
-    calls = []
-
-    def save(obj, f, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:  # step 3's, where training ends
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_save(obj, f, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "save", save)
+    calls = fail_save(monkeypatch, 2, ENOSPC)  # step 3's, where training ends
     cfg = compose_config(
         [*TINY, "trainer.max_steps=3", "callbacks.periodic_checkpoint.every_n_train_steps=2"], run
     )
@@ -495,7 +500,7 @@ def test_a_background_write_holds_the_state_when_saved_and_precedes_the_removal(
     assert torch.equal(io.load_checkpoint(new)["w"], torch.ones(4))
 
 
-@pytest.mark.parametrize("failure", ["disk full", "zip writer"])
+@pytest.mark.parametrize("failure", [ENOSPC, ZIP_WRITER_FAILED], ids=["disk full", "zip writer"])
 def test_a_failed_background_write_is_raised_by_the_next_save_and_removes_nothing(
     tmp_path, monkeypatch, failure
 ):
@@ -503,14 +508,7 @@ def test_a_failed_background_write_is_raised_by_the_next_save_and_removes_nothin
     old, new = tmp_path / "best-1.ckpt", tmp_path / "best-2.ckpt"
     io.save_checkpoint({"w": torch.zeros(4)}, old)
     io.wait()
-
-    def full(obj, f, *args, **kwargs):
-        f.write(b"partial")
-        if failure == "disk full":
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
-
-    monkeypatch.setattr(torch, "save", full)
+    fail_save(monkeypatch, 1, failure)
     io.save_checkpoint({"w": torch.ones(4)}, new)
     io.remove_checkpoint(old)
     with pytest.raises(UserError, match=r"Could not write the checkpoint .*best-2.ckpt.*kept"):
@@ -807,17 +805,7 @@ def test_a_validation_interval_longer_than_an_epoch_says_how(tmp_path):
 def test_a_full_disk_inside_torch_save_is_one_line_and_keeps_the_previous(tmp_path, monkeypatch):
     """torch's zip writer reports a full disk as RuntimeError (inline_container.cc)."""
     run = tmp_path / "run"
-    real_save = torch.save
-    calls = []
-
-    def save(obj, f, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            f.write(b"partial")
-            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
-        return real_save(obj, f, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "save", save)
+    fail_save(monkeypatch, 2, ZIP_WRITER_FAILED)
     cfg = compose_config(
         [
             *TINY_4_STEPS,
